@@ -1,0 +1,1 @@
+"""fedmeta's Flower ClientApp (one client = one task)."""

@@ -1,0 +1,54 @@
+"""A client's private state: θ_i (personalized policy) and the inner optimizer's state.
+
+It lives in ``context.state`` (per run, in memory) and, when ``client.state-dir`` is set,
+also on the node's disk (atomic writes), so a restarted SuperNode resumes its θ_i.
+Nothing here is ever sent to the server.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Context
+
+from fedmeta.records import arrays_to_record, bytes_to_record, record_to_arrays, record_to_bytes
+from fedmeta.results import atomic_write_bytes
+
+PERSONAL_KEY = "personal-policy"
+OPTIMIZER_KEY = "solver-state"
+
+
+@dataclass
+class ClientState:
+    personal: dict[str, np.ndarray] | None = None
+    optimizer: bytes | None = None
+
+    @classmethod
+    def load(cls, context: Context, disk_path: Path | None = None) -> ClientState:
+        state = context.state
+        if PERSONAL_KEY in state:
+            optimizer = record_to_bytes(state[OPTIMIZER_KEY]) if OPTIMIZER_KEY in state else None
+            return cls(record_to_arrays(state[PERSONAL_KEY]), optimizer)
+        if disk_path is not None and disk_path.exists():
+            with np.load(disk_path) as data:
+                personal = {k[len("p:"):]: data[k] for k in data.files if k.startswith("p:")}
+                optimizer = data["optimizer"].tobytes() if "optimizer" in data.files else None
+            return cls(personal, optimizer)
+        return cls()
+
+    def save(self, context: Context, disk_path: Path | None = None) -> None:
+        if self.personal is None:
+            return
+        context.state[PERSONAL_KEY] = arrays_to_record(self.personal)
+        if self.optimizer is not None:
+            context.state[OPTIMIZER_KEY] = bytes_to_record(self.optimizer)
+        if disk_path is not None:
+            buf = io.BytesIO()
+            payload = {f"p:{k}": v for k, v in self.personal.items()}
+            if self.optimizer is not None:
+                payload["optimizer"] = np.frombuffer(self.optimizer, dtype=np.uint8)
+            np.savez(buf, **payload)
+            atomic_write_bytes(disk_path, buf.getvalue())

@@ -1,0 +1,5 @@
+"""Policies (what is federated and personalized)."""
+
+from fedmeta.policies.mlp import CategoricalMLP, GaussianMLP, Policy, make_policy
+
+__all__ = ["CategoricalMLP", "GaussianMLP", "Policy", "make_policy"]

@@ -1,0 +1,88 @@
+"""Stochastic MLP policies: softmax (discrete actions) and diagonal Gaussian (continuous).
+
+``forward(obs)`` returns a ``torch.distributions`` object, ``act(obs, generator)`` samples with
+an explicit ``torch.Generator`` so that rollouts are reproducible from a seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+    """Linear layers of ``sizes`` with ``activation`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class CategoricalMLP(nn.Module):
+    """π(a|s) = softmax(MLP(s)): MEMRL's two-layer softmax policy."""
+
+    discrete = True
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh") -> None:
+        super().__init__()
+        self.logits = mlp([obs_dim, *hidden_sizes, num_actions], activation)
+
+    def forward(self, obs: torch.Tensor) -> Categorical:
+        return Categorical(logits=self.logits(obs))
+
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        probs = self(obs).probs
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class GaussianMLP(nn.Module):
+    """π(a|s) = N(MLP(s), diag(exp(log_std))²) with a state-independent log-std."""
+
+    discrete = False
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh",
+                 init_std: float = 1.0) -> None:
+        super().__init__()
+        self.mean = mlp([obs_dim, *hidden_sizes, act_dim], activation)
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+
+    def forward(self, obs: torch.Tensor) -> Distribution:
+        return Independent(Normal(self.mean(obs), self.log_std.exp()), 1)
+
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        mean = self.mean(obs)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + noise * self.log_std.exp()
+
+
+Policy = CategoricalMLP | GaussianMLP
+
+
+def make_policy(observation_space: gym.Space, action_space: gym.Space, hidden_sizes: Sequence[int] = (64, 64),
+                activation: str = "tanh", init_std: float = 1.0, seed: int | None = None) -> Policy:
+    """Build the policy for a task's single-env spaces; ``seed`` fixes the initial weights."""
+    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+        raise ValueError(f"fedmeta MLP policies need a flat Box observation space, got {observation_space}")
+    obs_dim = int(observation_space.shape[0])
+    generator_state = torch.random.get_rng_state()
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        if isinstance(action_space, gym.spaces.Discrete):
+            return CategoricalMLP(obs_dim, int(action_space.n), hidden_sizes, activation)
+        if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            return GaussianMLP(obs_dim, int(np.prod(action_space.shape)), hidden_sizes, activation, init_std)
+        raise ValueError(f"fedmeta MLP policies support Discrete or flat Box actions, got {action_space}")
+    finally:
+        if seed is not None:
+            torch.random.set_rng_state(generator_state)

@@ -1,0 +1,75 @@
+"""Fixed-horizon episode collection with one batched policy forward per time step.
+
+Every env of the vector env runs exactly one episode per pass, in lock-step, for
+``horizon`` steps.  A step counts (mask 1) only while its episode is still running, so the
+autoreset that follows a termination never leaks a reward or observation into the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from fedmeta.policies import Policy
+
+
+class EpisodeBatch(NamedTuple):
+    """N episodes of horizon H; time is axis 0."""
+
+    obs: torch.Tensor  # (H, N, obs_dim)
+    actions: torch.Tensor  # (H, N) discrete or (H, N, act_dim)
+    rewards: torch.Tensor  # (H, N)
+    masks: torch.Tensor  # (H, N): 1 where the step belongs to the episode
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.masks.sum().item())
+
+
+def _seeds(seed: int, n: int) -> list[int]:
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)]
+
+
+def collect_episodes(policy: Policy, venv: gym.vector.VectorEnv, num_episodes: int, horizon: int, seed: int,
+                     device: torch.device | str = "cpu") -> EpisodeBatch:
+    """Sample ``num_episodes`` episodes of ``horizon`` steps from ``policy`` in ``venv``.
+
+    ``seed`` fixes the env reset seeds and the action noise: same seed, same batch.
+    """
+    device = torch.device(device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_seeds(seed, 1)[0])
+    n_envs = venv.num_envs
+    passes = math.ceil(num_episodes / n_envs)
+    obs_dim = venv.single_observation_space.shape
+    obs_buf = np.zeros((horizon, passes * n_envs, *obs_dim), dtype=np.float32)
+    rew_buf = np.zeros((horizon, passes * n_envs), dtype=np.float32)
+    mask_buf = np.zeros((horizon, passes * n_envs), dtype=np.float32)
+    actions: list[torch.Tensor] = []
+    reset_seeds = _seeds(seed + 1, passes * n_envs)
+    for p in range(passes):
+        cols = slice(p * n_envs, (p + 1) * n_envs)
+        obs, _ = venv.reset(seed=reset_seeds[cols])
+        alive = np.ones(n_envs, dtype=bool)
+        pass_actions = []
+        for t in range(horizon):
+            obs_buf[t, cols] = obs
+            mask_buf[t, cols] = alive
+            with torch.no_grad():
+                act = policy.act(torch.from_numpy(np.asarray(obs, dtype=np.float32)).to(device), generator)
+            pass_actions.append(act)
+            obs, reward, terminated, truncated, _ = venv.step(act.cpu().numpy())
+            rew_buf[t, cols] = np.where(alive, reward, 0.0)
+            alive &= ~(np.asarray(terminated) | np.asarray(truncated))
+        actions.append(torch.stack(pass_actions))
+    keep = slice(0, num_episodes)
+    return EpisodeBatch(
+        obs=torch.from_numpy(obs_buf[:, keep]).to(device),
+        actions=torch.cat(actions, dim=1)[:, keep],
+        rewards=torch.from_numpy(rew_buf[:, keep]).to(device),
+        masks=torch.from_numpy(mask_buf[:, keep]).to(device),
+    )

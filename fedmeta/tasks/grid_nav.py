@@ -1,0 +1,152 @@
+"""Discrete grid navigation (MEMRL, Toghani et al., arXiv 2305.12216, Section 4).
+
+Task distribution: one goal cell g per task, drawn uniformly without replacement from the
+``size``×``size`` grid {-h..h}² (h = size // 2; MEMRL uses 11×11 and 3 tasks).
+States: grid cells; the start is uniform over all cells.  Actions {pause, up, down, right,
+left} = {(0,0), (0,1), (0,-1), (1,0), (-1,0)}; moves off the grid are clipped.
+Reward: r = exp(-‖s' − g‖₁) on the next state (1 on the goal).  Horizon: ``task.horizon``
+(MEMRL does not state it; default 20).  Observations: the coordinates divided by h.
+
+The task is tabular, so :meth:`GridNav.optimal_return` (finite-horizon value iteration) and
+:meth:`GridNav.exact_return` (exact policy evaluation) give exact expected returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.utils import EzPickle
+
+from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, spec_option
+from fedmeta.tasks.batched import BatchedVectorEnv
+
+MOVES = np.array([[0, 0], [0, 1], [0, -1], [1, 0], [-1, 0]], dtype=np.int64)
+ACTION_NAMES = ("pause", "up", "down", "right", "left")
+
+
+def grid_step(pos: np.ndarray, action: np.ndarray, goal: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Next positions and rewards for positions (N, 2) and actions (N,)."""
+    nxt = np.clip(pos + MOVES[action], -half, half)
+    reward = np.exp(-np.abs(nxt - goal).sum(axis=-1).astype(np.float64))
+    return nxt, reward
+
+
+class GridNavEnv(gym.Env, EzPickle):
+    """Single grid-navigation env (gymnasium API); use ``GridNav.make_env`` for the time limit."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, goal: tuple[int, int] = (0, 0), size: int = 11) -> None:
+        EzPickle.__init__(self, goal=goal, size=size)
+        self.half = size // 2
+        self.goal = np.asarray(goal, dtype=np.int64)
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
+        self.action_space = spaces.Discrete(len(MOVES))
+        self._pos = np.zeros(2, dtype=np.int64)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._pos = self.np_random.integers(-self.half, self.half + 1, size=2)
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        nxt, reward = grid_step(self._pos[None], np.asarray([action]), self.goal, self.half)
+        self._pos = nxt[0]
+        dist = int(np.abs(self._pos - self.goal).sum())
+        return self._obs(), float(reward[0]), False, False, {"reward_distance": float(reward[0]), "distance": dist}
+
+    def _obs(self) -> np.ndarray:
+        return (self._pos / self.half).astype(np.float32)
+
+
+class GridNavVectorEnv(BatchedVectorEnv):
+    """``num_envs`` grid-navigation envs of one task, batched in numpy."""
+
+    def __init__(self, goal: tuple[int, int], size: int, horizon: int, num_envs: int) -> None:
+        self.half = size // 2
+        self.goal = np.asarray(goal, dtype=np.int64)
+        super().__init__(num_envs, horizon, spaces.Box(-1.0, 1.0, (2,), dtype=np.float32), spaces.Discrete(len(MOVES)))
+        self._pos = np.zeros((num_envs, 2), dtype=np.int64)
+
+    def _reset_states(self, idx: np.ndarray) -> None:
+        for i in idx:
+            self._pos[i] = self._rngs[i].integers(-self.half, self.half + 1, size=2)
+
+    def _transition(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._pos, reward = grid_step(self._pos, actions.astype(np.int64), self.goal, self.half)
+        return reward, np.zeros(self.num_envs, dtype=bool)
+
+    def _observe(self) -> np.ndarray:
+        return (self._pos / self.half).astype(np.float32)
+
+
+class GridNav(TaskFamily):
+    """MEMRL's discrete 11×11 navigation family (module docstring has the definition)."""
+
+    name = "grid-nav"
+    discrete = True
+    default_horizon = 20
+    options: Mapping[str, Scalar] = {"size": 11}
+
+    def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
+        size = int(options["size"])
+        half = size // 2
+        if n > size * size:
+            raise ValueError(f"grid-nav: cannot draw {n} distinct goals on a {size}x{size} grid")
+        cells = rng.choice(size * size, size=n, replace=False)
+        return [{"goal": [int(c // size) - half, int(c % size) - half]} for c in cells]
+
+    def make_env(self, spec: TaskSpec) -> gym.Env:
+        env = GridNavEnv(goal=tuple(spec.params["goal"]), size=int(spec_option(spec, "size", 11)))
+        return gym.wrappers.TimeLimit(env, max_episode_steps=spec.horizon)
+
+    def make_vector_env(self, spec: TaskSpec, num_envs: int) -> gym.vector.VectorEnv:
+        return GridNavVectorEnv(tuple(spec.params["goal"]), int(spec_option(spec, "size", 11)), spec.horizon, num_envs)
+
+    # ----------------------------------------------------------- exact values
+    def tables(self, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(observations (S, 2), next-state index (S, A), reward (S, A)) over all cells."""
+        size = int(spec_option(spec, "size", 11))
+        half = size // 2
+        coords = np.array([[x, y] for x in range(-half, half + 1) for y in range(-half, half + 1)], dtype=np.int64)
+        goal = np.asarray(spec.params["goal"], dtype=np.int64)
+        nxt_idx = np.zeros((len(coords), len(MOVES)), dtype=np.int64)
+        rew = np.zeros((len(coords), len(MOVES)))
+        for a in range(len(MOVES)):
+            nxt, r = grid_step(coords, np.full(len(coords), a), goal, half)
+            nxt_idx[:, a] = (nxt[:, 0] + half) * size + (nxt[:, 1] + half)
+            rew[:, a] = r
+        return (coords / half).astype(np.float32), nxt_idx, rew
+
+    def optimal_return(self, spec: TaskSpec, gamma: float) -> float:
+        """Finite-horizon value iteration V_h(s) = max_a r(s,a) + γ V_{h+1}(s'), averaged over starts."""
+        _, nxt, rew = self.tables(spec)
+        value = np.zeros(len(nxt))
+        for _ in range(spec.horizon):
+            value = (rew + gamma * value[nxt]).max(axis=1)
+        return float(value.mean())
+
+    def exact_return(self, spec: TaskSpec, policy: torch.nn.Module, gamma: float) -> float:
+        """Exact E[Σ_h γ^h r_h] of the stochastic (sampled, not greedy) policy from the uniform start."""
+        obs, nxt, rew = self.tables(spec)
+        probs = action_probabilities(policy, obs)
+        value = np.zeros(len(nxt))
+        for _ in range(spec.horizon):
+            value = (probs * (rew + gamma * value[nxt])).sum(axis=1)
+        return float(value.mean())
+
+
+def action_probabilities(policy: torch.nn.Module, obs: np.ndarray) -> np.ndarray:
+    """π(a|s) for a batch of observations, as float64 numpy."""
+    param = next(policy.parameters())
+    with torch.no_grad():
+        dist = policy(torch.as_tensor(obs, device=param.device))
+        return dist.probs.double().cpu().numpy()
+
+
+GRID_NAV = register_family(GridNav())

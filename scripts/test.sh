@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the whole test suite, integration tests on real Flower runtimes included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export FLWR_TELEMETRY_ENABLED=0 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+exec .venv/bin/python -m pytest -p no:cacheprovider -rA --durations=15 "$@"

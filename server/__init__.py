@@ -1,0 +1,1 @@
+"""fedmeta's Flower ServerApp and strategies."""

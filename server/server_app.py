@@ -1,0 +1,70 @@
+"""The ServerApp: discover the clients' tasks, run the strategy, write the results directory."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedmeta.config import ExperimentConfig
+from fedmeta.records import arrays_to_record, record_to_arrays
+from fedmeta.results import RunWriter
+from fedmeta.summary import build_summary
+from fedmeta.worker import initial_meta_policy, tasks_of
+from server.discovery import discover_tasks
+from server.progress import Progress
+from server.strategies import STRATEGIES
+
+
+def run_dir_for(cfg: ExperimentConfig) -> Path:
+    """``run-dir`` if set, else ``<output-dir>/<experiment>-<timestamp>-s<seed>``."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.output_dir) / f"{cfg.experiment}-{stamp}-s{cfg.seed}"
+
+
+def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
+    """Train for ``num-server-rounds`` and return the summary (also written to summary.json)."""
+    writer = RunWriter(run_dir_for(cfg))
+    train, test = tasks_of(cfg)
+    writer.write_config(cfg.to_flat(), {"train-tasks": [json.loads(s.to_json()) for s in train],
+                                        "test-tasks": [json.loads(s.to_json()) for s in test]})
+    log(INFO, "fedmeta: results in %s", writer.run_dir)
+    node_tasks, optimal = discover_tasks(grid, cfg.task.num_clients, cfg.fed.round_timeout)
+    w0 = initial_meta_policy(cfg)
+    writer.save_meta_policy(w0, 0, "meta_policy_init.pt")
+    strategy = STRATEGIES.get(cfg.fed.strategy)(cfg, node_tasks, writer)
+    if hasattr(strategy, "progress"):
+        strategy.progress = Progress(cfg.num_server_rounds)
+    t0 = time.monotonic()
+    result = strategy.start(grid=grid, initial_arrays=arrays_to_record(w0), num_rounds=cfg.num_server_rounds,
+                            timeout=cfg.fed.round_timeout, train_config=ConfigRecord({}), evaluate_config=ConfigRecord({}))
+    final = record_to_arrays(result.arrays)
+    writer.save_meta_policy(final, cfg.num_server_rounds)
+    summary = build_summary(cfg, getattr(strategy, "last_evaluation", []), optimal, time.monotonic() - t0)
+    writer.write_summary(summary)
+    return summary
+
+
+def make_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
+    """Build the ServerApp; ``overrides`` are flat config keys layered over ``context.run_config``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = ExperimentConfig.from_flat({**dict(context.run_config), **dict(overrides or {})})
+        run_experiment(grid, cfg)
+
+    return app
+
+
+app = make_app()

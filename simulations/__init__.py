@@ -1,0 +1,1 @@
+"""Experiment presets (configs/*.toml) and the simulation launcher used by ``fedmeta run``."""

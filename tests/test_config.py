@@ -1,0 +1,81 @@
+"""Config parsing, validation errors and the CLI's fail-fast behaviour."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from fedmeta.cli import flatten, load_preset, parse_run_config, presets
+from fedmeta.config import ConfigError, ExperimentConfig
+
+
+def test_pyproject_defaults_and_every_preset_parse(root):
+    app_config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    ExperimentConfig.from_flat(flatten(app_config))
+    assert presets(), "no presets found"
+    for name in presets():
+        cfg = ExperimentConfig.from_flat(load_preset(name))
+        assert cfg.experiment == name
+
+
+def test_default_experiment_keeps_the_papers_fixed_values():
+    cfg = ExperimentConfig.from_flat(load_preset("memrl-grid"))
+    assert (cfg.task.family, cfg.task.num_clients) == ("grid-nav", 3)
+    assert (cfg.prox.inner_steps, cfg.fed.clients_per_round, cfg.solver.episodes_per_step) == (8, 2, 10)
+    assert cfg.solver.gamma == 0.99 and cfg.num_server_rounds == 120
+
+
+def test_flat_round_trip():
+    cfg = ExperimentConfig.from_flat({"prox.lam": 3.0, "task.size": 7, "seed": 4})
+    assert ExperimentConfig.from_flat(cfg.to_flat()) == cfg
+    assert cfg.task.options == {"size": 7}
+
+
+@pytest.mark.parametrize(
+    ("flat", "needle"),
+    [
+        ({"prox.lam": 0.0}, "prox.lam"),
+        ({"prox.lam": -2}, "prox.lam"),
+        ({"prox.inner-steps": 0}, "prox.inner-steps"),
+        ({"fed.clients-per-round": 4}, "fed.clients-per-round=4 is larger than task.num-clients=3"),
+        ({"prox.lamda": 1.0}, "unknown key 'prox.lamda'"),
+        ({"task.family": "nope"}, "choose from"),
+        ({"task.holes": 3}, "unknown key 'task.holes' for task family 'grid-nav'"),
+        ({"solver.optimizer": "rmsprop"}, "choose from adam, sgd"),
+        ({"prox.lam": "big"}, "wrong type"),
+        ({"bogus": 1}, "valid top-level keys"),
+    ],
+)
+def test_invalid_values_name_the_key_and_the_choices(flat, needle):
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_flat(flat)
+    message = str(err.value)
+    assert needle in message and "\n" not in message
+
+
+def test_run_config_parsing_follows_flower():
+    assert parse_run_config("prox.lam=0.5 task.family='point-nav' seed=3 fed.beta=1") == {
+        "prox.lam": 0.5, "task.family": "point-nav", "seed": 3, "fed.beta": 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "no-such-experiment"], "unknown experiment 'no-such-experiment'; choose from"),
+        (["run", "--run-config", "prox.lam=0"], "prox.lam=0"),
+        (["run", "--run-config", "fed.clients-per-round=9"], "valid: 1..3"),
+        (["run", "--run-config", "prox.inner-steps=0"], "prox.inner-steps"),
+        (["run", "--run-config", "nosuchkey=1"], "unknown key 'nosuchkey'"),
+    ],
+)
+def test_cli_rejects_bad_config_before_flower_starts(args, needle, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fedmeta", *args, "--run-config", f"output-dir='{tmp_path}'"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "running" not in proc.stdout  # nothing started
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,47 @@
+"""What may leave a client: the outbound contract mod rejects anything but arrays and scalars."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.client_app import app
+from clients.contract import contract_mod, contract_violation
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages built outside a Flower runtime need a task identity (flower-notes.md, pitfall 13)."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 2, 3
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _reply(content: RecordDict) -> Message:
+    request = Message(RecordDict(), dst_node_id=2, message_type="train")
+    return Message(content, reply_to=request)
+
+
+def test_arrays_and_scalar_metrics_pass():
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(3, np.float32))}), "metrics": MetricRecord({"a": 1.0, "n": 3})})
+    assert contract_violation(_reply(content)) is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        RecordDict({"observations": ArrayRecord({"obs": Array(np.zeros((10, 2), np.float32))}), "metrics": MetricRecord({"a": 1.0})}),
+        RecordDict({"arrays": ArrayRecord({"actions": Array(np.zeros(10, np.int64))}), "metrics": MetricRecord({"a": 1.0})}),
+        RecordDict({"metrics": MetricRecord({"rewards": [1.0, 2.0, 3.0]})}),
+        RecordDict({"metrics": MetricRecord({"a": 1.0}), "config": ConfigRecord({"traj": b"raw"})}),
+    ],
+)
+def test_trajectory_data_cannot_leave(content):
+    assert contract_violation(_reply(content)) is not None
+
+
+def test_the_client_app_enforces_the_contract_on_every_handler():
+    assert contract_mod in app._mods
