@@ -53,10 +53,10 @@ def task_for_node(node_config: Mapping[str, object], cfg: ExperimentConfig) -> T
     raise ValueError("node config names no task: set task-id=N (or task-spec='<json>'; partition-id in simulation)")
 
 
-def _worker(context: Context, cfg: ExperimentConfig) -> tuple[TaskWorker, Path | None]:
+def _worker(context: Context, cfg: ExperimentConfig, device: str | None = None) -> tuple[TaskWorker, Path | None]:
     torch.set_num_threads(cfg.client.num_threads)
     spec = task_for_node(context.node_config, cfg)
-    device = resolve_device(str(context.node_config.get("device", cfg.client.device)))
+    device = resolve_device(device or str(context.node_config.get("device", cfg.client.device)))
     disk = Path(cfg.client.state_dir) / f"task-{spec.task_id}.npz" if cfg.client.state_dir else None
     return TaskWorker(cfg, spec, device), disk
 
@@ -69,7 +69,7 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
     def query(msg: Message, context: Context) -> Message:
         """Tell the server which task this node owns (and its optimal return, if computable)."""
         cfg = resolve_config(context, overrides)
-        worker, _ = _worker(context, cfg)
+        worker, _ = _worker(context, cfg, device="cpu")
         metrics: dict[str, float | int] = {"task-id": worker.spec.task_id}
         optimal = worker.optimal_return()
         if optimal is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from fedmeta.config import ConfigError, ExperimentConfig
@@ -42,14 +43,19 @@ def main(argv: list[str]) -> int:
     flwr_logger.addFilter(_DropDeprecation())
     for handler in flwr_logger.handlers:
         handler.addFilter(_DropDeprecation())
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     sim = cfg.simulation
     backend_config = {
         "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus},
         "init_args": {"num_cpus": sim.num_cpus, "num_gpus": 1 if sim.client_gpus > 0 else 0,
                       "include_dashboard": False, "object_store_memory": 256 * 1024 * 1024},
     }
-    run_simulation(server_app=server.server_app.make_app(flat), client_app=clients.client_app.make_app(flat),
-                   num_supernodes=cfg.task.num_clients, backend_config=backend_config)
+    try:
+        run_simulation(server_app=server.server_app.make_app(flat), client_app=clients.client_app.make_app(flat),
+                       num_supernodes=cfg.task.num_clients, backend_config=backend_config)
+    except Exception as exc:  # the ServerApp's error, re-raised by the engine: one clear line, non-zero exit
+        print(f"fedmeta: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

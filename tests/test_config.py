@@ -9,7 +9,7 @@ import tomllib
 import pytest
 
 from fedmeta.cli import flatten, load_preset, parse_run_config, presets
-from fedmeta.config import ConfigError, ExperimentConfig
+from fedmeta.config import ConfigError, ExperimentConfig, valid_keys
 
 
 def test_pyproject_defaults_and_every_preset_parse(root):
@@ -79,3 +79,10 @@ def test_cli_rejects_bad_config_before_flower_starts(args, needle, tmp_path):
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "running" not in proc.stdout  # nothing started
     assert not any(tmp_path.iterdir())
+
+
+def test_pyproject_app_config_is_the_resolved_default_experiment(root):
+    app_config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    # family options (task.size, ...) are left out: they would be unknown keys for other families
+    resolved = ExperimentConfig.from_flat(load_preset("memrl-grid")).to_flat()
+    assert flatten(app_config) == {k: v for k, v in resolved.items() if k in valid_keys()}

@@ -1,0 +1,94 @@
+"""Deployment on loopback: one SuperLink and three SuperNodes, each owning one task.
+
+Runs the README's deployment commands for real (``flower-superlink``, ``flower-supernode``,
+``flwr run . deploy``), checks that the run completed with three clients, and ends every
+process it started (and their descendants) by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedmeta import procs
+from fedmeta.results import read_jsonl
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@pytest.mark.slow
+def test_superlink_and_three_supernodes_on_loopback(tmp_path, root):
+    flwr_home = tmp_path / "flwr-home"
+    flwr_home.mkdir()
+    link_port = _free_port()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "PYTHONPATH": str(root), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    started: list[subprocess.Popen] = []
+
+    def start(name: str, cmd: list[str]) -> None:
+        out = open(logs / f"{name}.log", "w")
+        started.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True))
+
+    run_dir = tmp_path / "run"
+    try:
+        start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
+                            "--disable-runtime-dependency-installation", "--database", str(tmp_path / "state.db")])
+        _wait_port(link_port)
+        for task_id in range(3):
+            start(f"supernode{task_id}", [
+                str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                "--host", "127.0.0.1", "--port", str(_free_port()),
+                "--node-config", f'task-id={task_id} device="cpu"'])
+        overrides = (f"num-server-rounds=2 task.family='point-nav' task.horizon=20 solver.episodes-per-step=4 "
+                     f"prox.inner-steps=2 eval.every=1 eval.episodes=2 fed.clients-per-round=2 fed.round-timeout=240 "
+                     f"run-dir='{run_dir}'")
+        proc = subprocess.run([str(BIN / "flwr"), "run", str(root), "deploy", "--stream", "--run-config", overrides],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        listing = subprocess.run([str(BIN / "flwr"), "ls", "deploy", "--format", "json"], cwd=tmp_path,
+                                 env=env, capture_output=True, text=True, timeout=60)
+        runs = json.loads(listing.stdout)["runs"]
+        assert [r["status"] for r in runs] == ["finished:completed"], listing.stdout
+
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert [t["task-id"] for t in summary["tasks"]] == [0, 1, 2]
+        rows = read_jsonl(run_dir / "clients.jsonl")
+        assert {r["task-id"] for r in rows if r["phase"] == "evaluate"} == {0, 1, 2}
+        assert len([r for r in rows if r["phase"] == "train"]) == 4
+    finally:
+        pids = [p.pid for p in started]
+        for pid in pids:  # the processes we started, then everything they spawned
+            tree = procs.descendants(pid)
+            procs.terminate([pid, *tree], grace=10.0)
+        for p in started:
+            p.wait(timeout=30)
+    for pid in pids:
+        assert procs.descendants(pid) == []

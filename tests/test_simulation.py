@@ -1,0 +1,75 @@
+"""End to end on Flower's simulation runtime, through the real ``fedmeta run`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fedmeta import procs
+from fedmeta.results import read_jsonl
+
+
+def _ray_processes_of(tmp_prefix: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if tmp_prefix in line]
+
+
+@pytest.mark.slow
+def test_smoke_run_completes_and_only_arrays_and_scalars_leave_clients(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "FEDMETA_AUDIT_FILE": str(audit)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmeta", "run", "point-nav-smoke", "--no-plots",
+         "--run-config", f"run-dir='{run_dir}' eval.every=1"],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "round    2/2" in proc.stdout and "point-nav-smoke (seed 0" in proc.stdout
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [t["task-id"] for t in summary["tasks"]] == [0, 1, 2]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["task.family"] == "point-nav" and config["versions"]["flwr"] == "1.41.0"
+    train_rows = [r for r in read_jsonl(run_dir / "clients.jsonl") if r["phase"] == "train"]
+    assert len(train_rows) == 4 and all(r["num-env-steps"] > 0 for r in train_rows)
+    assert (run_dir / "meta_policy.pt").exists() and (run_dir / "clients" / "task-0.npz").exists()
+
+    # What left the clients: train replies = one ArrayRecord with the policy's keys + scalar metrics;
+    # every other reply = scalar metrics only.  No observations, actions or rewards.
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    kinds = {e["type"] for e in entries}
+    assert kinds == {"query", "train", "evaluate"}
+    policy_keys = {"log_std", "mean.0.weight", "mean.0.bias", "mean.2.weight", "mean.2.bias", "mean.4.weight", "mean.4.bias"}
+    for entry in entries:
+        assert entry["configs"] == []
+        assert set(entry["metrics"]) == {"metrics"}
+        assert set(entry["metrics"]["metrics"].values()) <= {"int", "float"}
+        if entry["type"] == "train":
+            assert set(entry["arrays"]) == {"arrays"} and set(entry["arrays"]["arrays"]) == policy_keys
+            assert set(entry["metrics"]["metrics"]) == {
+                "num-env-steps", "train-return", "inner-steps", "grad-norm", "prox-distance", "task-id"}
+        else:
+            assert entry["arrays"] == {}
+
+    assert procs.descendants(os.getpid()) == []
+    assert _ray_processes_of("/fedmeta-") == []
+
+
+@pytest.mark.slow
+def test_a_failing_round_fails_the_run_loudly(tmp_path):
+    # min-replies = 2 of 2 sampled, and a device no client has: every train reply is an error
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmeta", "run", "point-nav-smoke", "--no-plots",
+         "--run-config", f"run-dir='{tmp_path}' fed.min-replies=2 client.device='cuda:7' fed.round-timeout=120"],
+        capture_output=True, text=True, timeout=600)
+    if proc.returncode == 0:
+        pytest.skip("this machine has a GPU 7")
+    assert "fewer than fed.min-replies=2" in proc.stdout + proc.stderr
+    assert not (tmp_path / "summary.json").exists()
+    rejections = read_jsonl(tmp_path / "rejections.jsonl")
+    assert rejections and all("CUDA is not available" in r["reason"] or "cuda" in r["reason"] for r in rejections)
+    assert procs.descendants(os.getpid()) == []
