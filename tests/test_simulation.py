@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +25,10 @@ def _ray_processes_of(tmp_prefix: str) -> list[str]:
 def test_smoke_run_completes_and_only_arrays_and_scalars_leave_clients(tmp_path):
     audit = tmp_path / "audit.jsonl"
     run_dir = tmp_path / "run"
-    env = {**os.environ, "FEDMETA_AUDIT_FILE": str(audit)}
+    # The run's Ray session lives under a private TMPDIR, so leftovers of this run can be told apart
+    # from other runs on the machine; short, because Ray's socket paths must fit in 107 bytes.
+    private_tmp = Path(tempfile.mkdtemp(prefix="fmt-", dir="/tmp"))
+    env = {**os.environ, "FEDMETA_AUDIT_FILE": str(audit), "TMPDIR": str(private_tmp)}
     proc = subprocess.run(
         [sys.executable, "-m", "fedmeta", "run", "point-nav-smoke", "--no-plots",
          "--run-config", f"run-dir='{run_dir}' eval.every=1"],
@@ -56,7 +62,10 @@ def test_smoke_run_completes_and_only_arrays_and_scalars_leave_clients(tmp_path)
             assert entry["arrays"] == {}
 
     assert procs.descendants(os.getpid()) == []
-    assert _ray_processes_of("/fedmeta-") == []
+    assert _ray_processes_of(str(private_tmp)) == []
+    # the run's temporary FLWR_HOME and Ray session are gone (torch may leave its own cache there)
+    assert [p.name for p in private_tmp.iterdir() if p.name.startswith("fedmeta-")] == []
+    shutil.rmtree(private_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow
