@@ -20,7 +20,6 @@ from fedmeta.results import RunWriter
 from fedmeta.summary import build_summary
 from fedmeta.worker import initial_meta_policy, tasks_of
 from server.discovery import discover_tasks
-from server.progress import Progress
 from server.strategies import STRATEGIES
 
 
@@ -43,8 +42,6 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
     w0 = initial_meta_policy(cfg)
     writer.save_meta_policy(w0, 0, "meta_policy_init.pt")
     strategy = STRATEGIES.get(cfg.fed.strategy)(cfg, node_tasks, writer)
-    if hasattr(strategy, "progress"):
-        strategy.progress = Progress(cfg.num_server_rounds)
     t0 = time.monotonic()
     result = strategy.start(grid=grid, initial_arrays=arrays_to_record(w0), num_rounds=cfg.num_server_rounds,
                             timeout=cfg.fed.round_timeout, train_config=ConfigRecord({}), evaluate_config=ConfigRecord({}))
