@@ -1,7 +1,7 @@
 """Fixed-horizon episode collection with one batched policy forward per time step.
 
 Every env of the vector env runs exactly one episode per pass, in lock-step, for
-``horizon`` steps.  A step counts (mask 1) only while its episode is still running, so the
+``horizon`` steps (or until all of them have ended).  A step counts (mask 1) only while its episode is still running, so the
 autoreset that follows a termination never leaks a reward or observation into the batch.
 """
 
@@ -49,27 +49,30 @@ def collect_episodes(policy: Policy, venv: gym.vector.VectorEnv, num_episodes: i
     obs_buf = np.zeros((horizon, passes * n_envs, *obs_dim), dtype=np.float32)
     rew_buf = np.zeros((horizon, passes * n_envs), dtype=np.float32)
     mask_buf = np.zeros((horizon, passes * n_envs), dtype=np.float32)
-    actions: list[torch.Tensor] = []
+    act_buf: torch.Tensor | None = None
     reset_seeds = _seeds(seed + 1, passes * n_envs)
     for p in range(passes):
         cols = slice(p * n_envs, (p + 1) * n_envs)
         obs, _ = venv.reset(seed=reset_seeds[cols])
         alive = np.ones(n_envs, dtype=bool)
-        pass_actions = []
         for t in range(horizon):
             obs_buf[t, cols] = obs
             mask_buf[t, cols] = alive
             with torch.no_grad():
-                act = policy.act(torch.from_numpy(np.asarray(obs, dtype=np.float32)).to(device), generator)
-            pass_actions.append(act)
+                act = policy.act(torch.from_numpy(obs_buf[t, cols]).to(device), generator)
+            if act_buf is None:
+                act_buf = torch.zeros((horizon, passes * n_envs, *act.shape[1:]), dtype=act.dtype, device=device)
+            act_buf[t, cols] = act
             obs, reward, terminated, truncated, _ = venv.step(act.cpu().numpy())
             rew_buf[t, cols] = np.where(alive, reward, 0.0)
             alive &= ~(np.asarray(terminated) | np.asarray(truncated))
-        actions.append(torch.stack(pass_actions))
+            if not alive.any():  # every episode of this pass has ended: the rest is padding
+                break
+    assert act_buf is not None
     keep = slice(0, num_episodes)
     return EpisodeBatch(
         obs=torch.from_numpy(obs_buf[:, keep]).to(device),
-        actions=torch.cat(actions, dim=1)[:, keep],
+        actions=act_buf[:, keep],
         rewards=torch.from_numpy(rew_buf[:, keep]).to(device),
         masks=torch.from_numpy(mask_buf[:, keep]).to(device),
     )

@@ -66,7 +66,7 @@ class TaskFamily(ABC):
         """Draw ``n`` task specs; ``horizon`` 0 means the family default."""
         opts = self.resolve_options(options or {})
         params = self.sample_params(n, rng, opts)
-        h = horizon or self.default_horizon
+        h = horizon or self.default_horizon_for(opts)
         return [TaskSpec(self.name, {**p, **_prefixed(opts)}, h, i) for i, p in enumerate(params)]
 
     def resolve_options(self, options: Mapping[str, Scalar]) -> dict[str, Scalar]:
@@ -89,15 +89,28 @@ class TaskFamily(ABC):
 
     # ---------------------------------------------------------- environments
     @abstractmethod
+    def make_task_env(self, spec: TaskSpec) -> gym.Env:
+        """The task's env *without* a time limit: everything (reward terms, observation
+        layout) lives in the env class itself, never in wrappers, because the sampler steps
+        this object directly and applies the horizon itself."""
+
     def make_env(self, spec: TaskSpec) -> gym.Env:
         """A single gymnasium env for ``spec`` with ``TimeLimit(spec.horizon)`` applied."""
+        return gym.wrappers.TimeLimit(self.make_task_env(spec), max_episode_steps=spec.horizon)
 
-    def make_vector_env(self, spec: TaskSpec, num_envs: int) -> gym.vector.VectorEnv:
-        """``num_envs`` copies of the task stepped in lock-step (override for batched envs)."""
-        return gym.vector.SyncVectorEnv(
-            [lambda: self.make_env(spec) for _ in range(num_envs)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        )
+    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0) -> gym.vector.VectorEnv:
+        """``num_envs`` copies of the task stepped in lock-step, in this process or, with
+        ``workers`` > 0, in that many worker processes that each own a group of envs.
+        Cheap tabular/analytic families override this with a batched numpy env."""
+        from fedmeta.tasks.lockstep import LockstepVectorEnv, ProcessVectorEnv
+
+        if workers > 0:
+            return ProcessVectorEnv(spec, num_envs, workers)
+        return LockstepVectorEnv([self.make_task_env(spec) for _ in range(num_envs)], spec.horizon)
+
+    def default_horizon_for(self, options: Mapping[str, Scalar]) -> int:
+        """H when ``task.horizon`` is 0 (families whose ``compat`` lineage fixes H override this)."""
+        return self.default_horizon
 
     # ------------------------------------------------------ exact evaluation
     def optimal_return(self, spec: TaskSpec, gamma: float) -> float | None:
@@ -110,6 +123,13 @@ class TaskFamily(ABC):
 
 
 TASK_FAMILIES: Registry[TaskFamily] = Registry("task family")
+
+
+def register_gym_env(env_id: str, entry_point: str, max_episode_steps: int | None = None) -> None:
+    """Register ``env_id`` (``fedmeta/<Name>-v0``) with gymnasium once; constructor kwargs are
+    the task parameters, e.g. ``gymnasium.make("fedmeta/HalfCheetahVel-v0", goal_velocity=1.2)``."""
+    if env_id not in gym.registry:
+        gym.register(id=env_id, entry_point=entry_point, max_episode_steps=max_episode_steps)
 
 
 def register_family(family: TaskFamily) -> TaskFamily:

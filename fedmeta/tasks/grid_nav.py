@@ -22,7 +22,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
-from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, spec_option
+from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, register_gym_env, spec_option
 from fedmeta.tasks.batched import BatchedVectorEnv
 
 MOVES = np.array([[0, 0], [0, 1], [0, -1], [1, 0], [-1, 0]], dtype=np.int64)
@@ -37,7 +37,7 @@ def grid_step(pos: np.ndarray, action: np.ndarray, goal: np.ndarray, half: int) 
 
 
 class GridNavEnv(gym.Env, EzPickle):
-    """Single grid-navigation env (gymnasium API); use ``GridNav.make_env`` for the time limit."""
+    """Single grid-navigation env (gymnasium API); ``gymnasium.make("fedmeta/GridNav-v0", goal=(2, -5))``."""
 
     metadata = {"render_modes": []}
 
@@ -101,11 +101,11 @@ class GridNav(TaskFamily):
         cells = rng.choice(size * size, size=n, replace=False)
         return [{"goal": [int(c // size) - half, int(c % size) - half]} for c in cells]
 
-    def make_env(self, spec: TaskSpec) -> gym.Env:
-        env = GridNavEnv(goal=tuple(spec.params["goal"]), size=int(spec_option(spec, "size", 11)))
-        return gym.wrappers.TimeLimit(env, max_episode_steps=spec.horizon)
+    def make_task_env(self, spec: TaskSpec) -> gym.Env:
+        return GridNavEnv(goal=tuple(spec.params["goal"]), size=int(spec_option(spec, "size", 11)))
 
-    def make_vector_env(self, spec: TaskSpec, num_envs: int) -> gym.vector.VectorEnv:
+    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0) -> gym.vector.VectorEnv:
+        """Batched numpy env (cheaper than any worker process, so ``workers`` is ignored)."""
         return GridNavVectorEnv(tuple(spec.params["goal"]), int(spec_option(spec, "size", 11)), spec.horizon, num_envs)
 
     # ----------------------------------------------------------- exact values
@@ -150,3 +150,4 @@ def action_probabilities(policy: torch.nn.Module, obs: np.ndarray) -> np.ndarray
 
 
 GRID_NAV = register_family(GridNav())
+register_gym_env("fedmeta/GridNav-v0", "fedmeta.tasks.grid_nav:GridNavEnv", max_episode_steps=GridNav.default_horizon)

@@ -17,7 +17,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
-from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, spec_option
+from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, register_gym_env, spec_option
 from fedmeta.tasks.batched import BatchedVectorEnv
 
 MAX_ACTION = 0.1
@@ -36,7 +36,7 @@ def point_step(pos: np.ndarray, action: np.ndarray, goal: np.ndarray, reward_kin
 
 
 class PointNavEnv(gym.Env, EzPickle):
-    """Single point-navigation env (gymnasium API)."""
+    """Single point-navigation env: ``gymnasium.make("fedmeta/PointNav-v0", goal=(0.3, -0.2))``."""
 
     metadata = {"render_modes": []}
 
@@ -107,11 +107,13 @@ class PointNav(TaskFamily):
         return {"goal": tuple(spec.params["goal"]), "reward": str(spec_option(spec, "reward", "l2")),
                 "terminate_at_goal": bool(spec_option(spec, "terminate-at-goal", True))}
 
-    def make_env(self, spec: TaskSpec) -> gym.Env:
-        return gym.wrappers.TimeLimit(PointNavEnv(**self._kwargs(spec)), max_episode_steps=spec.horizon)
+    def make_task_env(self, spec: TaskSpec) -> gym.Env:
+        return PointNavEnv(**self._kwargs(spec))
 
-    def make_vector_env(self, spec: TaskSpec, num_envs: int) -> gym.vector.VectorEnv:
+    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0) -> gym.vector.VectorEnv:
+        """Batched numpy env (cheaper than any worker process, so ``workers`` is ignored)."""
         return PointNavVectorEnv(**self._kwargs(spec), horizon=spec.horizon, num_envs=num_envs)
 
 
 POINT_NAV = register_family(PointNav())
+register_gym_env("fedmeta/PointNav-v0", "fedmeta.tasks.point_nav:PointNavEnv", max_episode_steps=PointNav.default_horizon)
