@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmeta import procs
-from fedmeta.config import ConfigError, ExperimentConfig, Scalar, describe_keys
+from fedmeta.config import ConfigError, ExperimentConfig, Scalar, describe_keys, valid_keys
 
 DEFAULT_EXPERIMENT = "memrl-grid"
 
@@ -92,10 +92,35 @@ def parse_run_config(text: str) -> dict[str, Scalar]:
     return out
 
 
+def apply_overrides(preset: dict[str, Scalar], overrides: dict[str, Scalar]) -> tuple[dict[str, Scalar], list[str]]:
+    """The preset updated with ``overrides``.
+
+    When ``task.family`` is switched to another family, the preset's settings that belong to
+    its own family (the family options ``task.<option>`` and ``task.horizon``) are dropped,
+    unless overridden too, so the new family starts from its own defaults.  Returns the
+    merged config and the dropped ``key=value`` items.
+    """
+    flat = dict(preset)
+    dropped: list[str] = []
+    new_family = overrides.get("task.family")
+    if new_family is not None and new_family != preset.get("task.family", "grid-nav"):
+        fixed = set(valid_keys())
+        for key in sorted(preset):
+            family_specific = key == "task.horizon" or (key.startswith("task.") and key not in fixed)
+            if family_specific and key not in overrides:
+                dropped.append(f"{key}={flat.pop(key)!r}")
+    flat.update(overrides)
+    return flat, dropped
+
+
 def resolve(experiment: str | None, run_config: list[str]) -> tuple[ExperimentConfig, dict[str, Scalar]]:
-    flat = load_preset(experiment or DEFAULT_EXPERIMENT)
+    overrides: dict[str, Scalar] = {}
     for text in run_config:
-        flat.update(parse_run_config(text))
+        overrides.update(parse_run_config(text))
+    flat, dropped = apply_overrides(load_preset(experiment or DEFAULT_EXPERIMENT), overrides)
+    if dropped:
+        print(f"fedmeta: task.family={overrides['task.family']!r}: the preset's family settings "
+              f"{', '.join(dropped)} do not apply and were dropped", file=sys.stderr)
     cfg = ExperimentConfig.from_flat(flat)
     return cfg, cfg.to_flat()
 

@@ -105,6 +105,9 @@ class ClientConfig:
     device: str = field(default="auto", metadata=_doc("auto | cpu | cuda | cuda:N (node-config 'device' wins)"))
     num_threads: int = field(default=1, metadata=_doc("torch CPU threads per client"))
     state_dir: str = field(default="", metadata=_doc("also keep theta_i on disk here; '' = memory only"))
+    sampler_workers: int = field(
+        default=0, metadata=_doc("worker processes per client, each owning a group of envs (0 = in-process)")
+    )
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,7 @@ class ExperimentConfig:
         if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
             raise ConfigError(f"client.device={device!r} is invalid; valid: auto, cpu, cuda, cuda:N")
         _positive("client.num-threads", self.client.num_threads)
+        _at_least("client.sampler-workers", self.client.sampler_workers, 0)
         _positive("simulation.num-cpus", self.simulation.num_cpus)
         _positive("simulation.client-cpus", self.simulation.client_cpus)
         _at_least("simulation.client-gpus", self.simulation.client_gpus, 0.0)

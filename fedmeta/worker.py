@@ -81,7 +81,7 @@ class TaskWorker:
         self.cfg, self.spec, self.device = cfg, spec, device
         self.family = TASK_FAMILIES.get(spec.family)
         num_envs = max(cfg.solver.episodes_per_step, cfg.eval.episodes)
-        self.venv = self.family.make_vector_env(spec, num_envs)
+        self.venv = self.family.make_vector_env(spec, num_envs, cfg.client.sampler_workers)
         self.policy = build_policy(cfg, spec).to(device)
         self.solver = SOLVERS.get(cfg.solver.name)(self.policy, cfg.solver, device)
 

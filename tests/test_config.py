@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from fedmeta.cli import flatten, load_preset, parse_run_config, presets
+from fedmeta.cli import apply_overrides, flatten, load_preset, parse_run_config, presets
 from fedmeta.config import ConfigError, ExperimentConfig, valid_keys
 
 
@@ -86,3 +86,15 @@ def test_pyproject_app_config_is_the_resolved_default_experiment(root):
     # family options (task.size, ...) are left out: they would be unknown keys for other families
     resolved = ExperimentConfig.from_flat(load_preset("memrl-grid")).to_flat()
     assert flatten(app_config) == {k: v for k, v in resolved.items() if k in valid_keys()}
+
+
+def test_switching_family_drops_the_presets_family_settings():
+    preset = load_preset("memrl-grid")
+    flat, dropped = apply_overrides(preset, {"task.family": "point-nav"})
+    assert "task.size" not in flat and "task.horizon" not in flat
+    assert sorted(dropped) == ["task.horizon=30", "task.size=11"]
+    assert ExperimentConfig.from_flat(flat).task.horizon == 0  # the family default applies
+    kept, dropped = apply_overrides(preset, {"task.family": "point-nav", "task.horizon": 7})
+    assert kept["task.horizon"] == 7 and dropped == ["task.size=11"]
+    same, dropped = apply_overrides(preset, {"task.family": "grid-nav", "task.size": 7})
+    assert same["task.size"] == 7 and same["task.horizon"] == 30 and dropped == []

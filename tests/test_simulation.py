@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from fedmeta import procs
 from fedmeta.results import read_jsonl
+from fedmeta.tasks import TASK_FAMILIES
 
 
 def _ray_processes_of(tmp_prefix: str) -> list[str]:
@@ -82,3 +84,23 @@ def test_a_failing_round_fails_the_run_loudly(tmp_path):
     rejections = read_jsonl(tmp_path / "rejections.jsonl")
     assert rejections and all("CUDA is not available" in r["reason"] or "cuda" in r["reason"] for r in rejections)
     assert procs.descendants(os.getpid()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [f for f in TASK_FAMILIES.names() if f != "point-nav"])  # point-nav: smoke test
+def test_every_family_runs_in_the_default_experiment(family, tmp_path):
+    """Issue 3: any family is selectable in the default experiment by one override."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmeta", "run", "--run-config",
+         f"task.family='{family}' run-dir='{run_dir}' num-server-rounds=1 task.horizon=8 "
+         "solver.episodes-per-step=2 prox.inner-steps=1 eval.episodes=2"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert [t["family"] for t in config["train-tasks"]] == [family] * 3
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["tasks"]) == 3
+    assert all(math.isfinite(t["personal-return"]) for t in summary["tasks"])
+    assert (run_dir / "returns.png").exists()
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()

@@ -1,7 +1,10 @@
 """Stochastic MLP policies: softmax (discrete actions) and diagonal Gaussian (continuous).
 
-``forward(obs)`` returns a ``torch.distributions`` object, ``act(obs, generator)`` samples with
-an explicit ``torch.Generator`` so that rollouts are reproducible from a seed.
+``forward(obs)`` returns a ``torch.distributions`` object; ``act(obs, noise)`` turns explicit
+noise into actions (uniforms for the softmax policy, standard normals for the Gaussian), so the
+sampler owns every random stream: one per episode, independent of how episodes are batched,
+which process steps them, or which device runs the policy.  ``noise_shape`` is the shape of
+one step's noise.
 """
 
 from __future__ import annotations
@@ -40,9 +43,14 @@ class CategoricalMLP(nn.Module):
     def forward(self, obs: torch.Tensor) -> Categorical:
         return Categorical(logits=self.logits(obs))
 
-    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        probs = self(obs).probs
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        return ()
+
+    def act(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Inverse-CDF sample: the first action whose cumulative probability exceeds ``noise`` ~ U[0, 1)."""
+        cdf = self(obs).probs.cumsum(-1)
+        return (cdf <= noise.unsqueeze(-1)).sum(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 class GaussianMLP(nn.Module):
@@ -59,10 +67,13 @@ class GaussianMLP(nn.Module):
     def forward(self, obs: torch.Tensor) -> Distribution:
         return Independent(Normal(self.mean(obs), self.log_std.exp()), 1)
 
-    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        mean = self.mean(obs)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + noise * self.log_std.exp()
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        return (self.log_std.shape[0],)
+
+    def act(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Reparameterized sample μ(s) + σ·ε with ``noise`` = ε ~ N(0, I)."""
+        return self.mean(obs) + noise * self.log_std.exp()
 
 
 Policy = CategoricalMLP | GaussianMLP

@@ -34,23 +34,39 @@ def _seeds(seed: int, n: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)]
 
 
+def episode_noise(policy: Policy, num_episodes: int, horizon: int, seed: int) -> np.ndarray:
+    """Action noise of shape (horizon, num_episodes, *policy.noise_shape).
+
+    Episode e's noise is the e-th block of one seeded stream drawn episode-major, so it
+    depends only on (seed, e): the same whatever the number of envs, passes or workers.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xAC7]))
+    shape = tuple(policy.noise_shape)
+    if shape:
+        noise = rng.standard_normal((num_episodes, horizon, *shape), dtype=np.float32)
+    else:
+        noise = rng.random((num_episodes, horizon), dtype=np.float32)
+    return np.ascontiguousarray(np.moveaxis(noise, 0, 1))
+
+
 def collect_episodes(policy: Policy, venv: gym.vector.VectorEnv, num_episodes: int, horizon: int, seed: int,
                      device: torch.device | str = "cpu") -> EpisodeBatch:
     """Sample ``num_episodes`` episodes of ``horizon`` steps from ``policy`` in ``venv``.
 
-    ``seed`` fixes the env reset seeds and the action noise: same seed, same batch.
+    ``seed`` fixes every random stream: episode e's env reset seed and action noise are
+    functions of (seed, e) alone, so the batch does not depend on ``venv.num_envs``.
     """
     device = torch.device(device)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(_seeds(seed, 1)[0])
     n_envs = venv.num_envs
     passes = math.ceil(num_episodes / n_envs)
+    total = passes * n_envs
     obs_dim = venv.single_observation_space.shape
-    obs_buf = np.zeros((horizon, passes * n_envs, *obs_dim), dtype=np.float32)
-    rew_buf = np.zeros((horizon, passes * n_envs), dtype=np.float32)
-    mask_buf = np.zeros((horizon, passes * n_envs), dtype=np.float32)
+    obs_buf = np.zeros((horizon, total, *obs_dim), dtype=np.float32)
+    rew_buf = np.zeros((horizon, total), dtype=np.float32)
+    mask_buf = np.zeros((horizon, total), dtype=np.float32)
+    noise = torch.from_numpy(episode_noise(policy, total, horizon, seed)).to(device)
     act_buf: torch.Tensor | None = None
-    reset_seeds = _seeds(seed + 1, passes * n_envs)
+    reset_seeds = _seeds(seed + 1, total)
     for p in range(passes):
         cols = slice(p * n_envs, (p + 1) * n_envs)
         obs, _ = venv.reset(seed=reset_seeds[cols])
@@ -59,9 +75,9 @@ def collect_episodes(policy: Policy, venv: gym.vector.VectorEnv, num_episodes: i
             obs_buf[t, cols] = obs
             mask_buf[t, cols] = alive
             with torch.no_grad():
-                act = policy.act(torch.from_numpy(obs_buf[t, cols]).to(device), generator)
+                act = policy.act(torch.from_numpy(obs_buf[t, cols]).to(device), noise[t, cols])
             if act_buf is None:
-                act_buf = torch.zeros((horizon, passes * n_envs, *act.shape[1:]), dtype=act.dtype, device=device)
+                act_buf = torch.zeros((horizon, total, *act.shape[1:]), dtype=act.dtype, device=device)
             act_buf[t, cols] = act
             obs, reward, terminated, truncated, _ = venv.step(act.cpu().numpy())
             rew_buf[t, cols] = np.where(alive, reward, 0.0)

@@ -28,13 +28,20 @@ class BatchedVectorEnv(gym.vector.VectorEnv):
         self.single_action_space = single_action_space
         self.observation_space = gym.vector.utils.batch_space(single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(single_action_space, num_envs)
-        self._rngs: list[np.random.Generator] = [np.random.default_rng(i) for i in range(num_envs)]
+        self._seeds: list[int | None] = list(range(num_envs))
+        self._rngs: dict[int, np.random.Generator] = {}
         self._t = np.zeros(num_envs, dtype=np.int64)
+
+    def _rng(self, i: int) -> np.random.Generator:
+        """Env ``i``'s generator, created on first use (families with a fixed start never pay for it)."""
+        if i not in self._rngs:
+            self._rngs[i] = np.random.default_rng(self._seeds[i])
+        return self._rngs[i]
 
     # ------------------------------------------------------------ subclass API
     @abstractmethod
     def _reset_states(self, idx: np.ndarray) -> None:
-        """Draw start states for the envs in ``idx`` (use ``self._rngs[i]``)."""
+        """Draw start states for the envs in ``idx`` (use ``self._rng(i)``)."""
 
     @abstractmethod
     def _transition(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +58,7 @@ class BatchedVectorEnv(gym.vector.VectorEnv):
             seeds = seed if isinstance(seed, list) else [seed + i for i in range(self.num_envs)]
             if len(seeds) != self.num_envs:
                 raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
-            self._rngs = [np.random.default_rng(s) for s in seeds]
+            self._seeds, self._rngs = list(seeds), {}
         idx = np.arange(self.num_envs)
         self._t[:] = 0
         self._reset_states(idx)

@@ -8,7 +8,8 @@ Reward: r = exp(-‖s' − g‖₁) on the next state (1 on the goal).  Horizon:
 (MEMRL does not state it; default 20).  Observations: the coordinates divided by h.
 
 The task is tabular, so :meth:`GridNav.optimal_return` (finite-horizon value iteration) and
-:meth:`GridNav.exact_return` (exact policy evaluation) give exact expected returns.
+:meth:`GridNav.exact_return` (exact policy evaluation) give exact expected returns
+(both via :mod:`fedmeta.tasks.tabular`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import torch
 from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
+from fedmeta.tasks import tabular
 from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, register_gym_env, spec_option
 from fedmeta.tasks.batched import BatchedVectorEnv
+from fedmeta.tasks.tabular import TabularMDP, action_probabilities
 
 MOVES = np.array([[0, 0], [0, 1], [0, -1], [1, 0], [-1, 0]], dtype=np.int64)
 ACTION_NAMES = ("pause", "up", "down", "right", "left")
@@ -75,7 +78,7 @@ class GridNavVectorEnv(BatchedVectorEnv):
 
     def _reset_states(self, idx: np.ndarray) -> None:
         for i in idx:
-            self._pos[i] = self._rngs[i].integers(-self.half, self.half + 1, size=2)
+            self._pos[i] = self._rng(i).integers(-self.half, self.half + 1, size=2)
 
     def _transition(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._pos, reward = grid_step(self._pos, actions.astype(np.int64), self.goal, self.half)
@@ -123,30 +126,23 @@ class GridNav(TaskFamily):
             rew[:, a] = r
         return (coords / half).astype(np.float32), nxt_idx, rew
 
+    def mdp(self, spec: TaskSpec) -> TabularMDP:
+        """The task as a deterministic tabular MDP (no terminal states, uniform start)."""
+        _, nxt, rew = self.tables(spec)
+        return TabularMDP(next_state=nxt, reward=rew, start=np.full(len(nxt), 1.0 / len(nxt)))
+
     def optimal_return(self, spec: TaskSpec, gamma: float) -> float:
         """Finite-horizon value iteration V_h(s) = max_a r(s,a) + γ V_{h+1}(s'), averaged over starts."""
-        _, nxt, rew = self.tables(spec)
-        value = np.zeros(len(nxt))
-        for _ in range(spec.horizon):
-            value = (rew + gamma * value[nxt]).max(axis=1)
-        return float(value.mean())
+        return tabular.optimal_return(self.mdp(spec), gamma, spec.horizon)
+
+    def optimal_policy(self, spec: TaskSpec, gamma: float) -> np.ndarray:
+        """Greedy optimal actions (H, S): row t is the action at time t; states ordered as in :meth:`tables`."""
+        return tabular.value_iteration(self.mdp(spec), gamma, spec.horizon)[1]
 
     def exact_return(self, spec: TaskSpec, policy: torch.nn.Module, gamma: float) -> float:
         """Exact E[Σ_h γ^h r_h] of the stochastic (sampled, not greedy) policy from the uniform start."""
-        obs, nxt, rew = self.tables(spec)
-        probs = action_probabilities(policy, obs)
-        value = np.zeros(len(nxt))
-        for _ in range(spec.horizon):
-            value = (probs * (rew + gamma * value[nxt])).sum(axis=1)
-        return float(value.mean())
-
-
-def action_probabilities(policy: torch.nn.Module, obs: np.ndarray) -> np.ndarray:
-    """π(a|s) for a batch of observations, as float64 numpy."""
-    param = next(policy.parameters())
-    with torch.no_grad():
-        dist = policy(torch.as_tensor(obs, device=param.device))
-        return dist.probs.double().cpu().numpy()
+        obs, _, _ = self.tables(spec)
+        return tabular.policy_return(self.mdp(spec), action_probabilities(policy, obs), gamma, spec.horizon)
 
 
 GRID_NAV = register_family(GridNav())

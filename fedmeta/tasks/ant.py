@@ -1,0 +1,139 @@
+"""Ant forward/backward and goal-velocity tasks (Finn et al. 2017, arXiv 1703.03400; ProMP,
+Rothfuss et al. 2019; BO-MRL; pMeta-RL "Ant-Fwd-Back", arXiv 2209.10072).
+
+Base model: gymnasium ``Ant-v5`` (``ant.xml``, frame_skip 5, dt 0.05, action Box(−1, 1, (8,))).
+x_vel is the finite difference of the torso position over dt.  Episodes terminate when the
+state is non-finite or the torso height z leaves the healthy range.  Every reward is the sum
+of ``info["reward_forward"] + info["reward_ctrl"] + info["reward_contact"] + info["reward_survive"]``:
+
+``ant-dir``: d ∈ {−1, +1}; reward_forward = d·x_vel.
+``ant-vel``: v* ~ U[0, 3]; reward_forward = −|x_vel − v*| + b (b = 1.0 for pytorch-maml-rl, else 0).
+reward_ctrl = −c‖a‖², reward_contact = −k‖clip(cfrc_ext, −1, 1)‖² (all bodies),
+reward_survive = h (always, or only while healthy as in v5).
+
+``task.compat`` (constants copied into every spec's params):
+
+================  ======  ======  =====  =================  ===========  ====  ===  ===================
+compat            c       k       h      survive            healthy z    obs   H    directions (dir)
+================  ======  ======  =====  =================  ===========  ====  ===  ===================
+gymnasium         0.5     5e-4    1.0    only when healthy  [0.2, 1.0]   105   200  Bernoulli(0.5)
+pytorch-maml-rl   0.005   5e-4    0.05   every step         [0.2, 1.0]   125   100  g~U[0,3], d=sign(g−1.5)
+promp (dir only)  0.5     5e-4    1.0    every step         [0.0, 1.0]   111   200  Bernoulli(0.5)
+================  ======  ======  =====  =================  ===========  ====  ===  ===================
+
+Observations: 105 = v5 (qpos[2:], qvel, clipped cfrc_ext without the world body);
+111 = ProMP (the same with the world body's cfrc_ext); 125 = pytorch-maml-rl (full qpos,
+qvel, clipped cfrc_ext of all bodies, torso xmat, torso position).  Not implemented: PEARL's
+``ant-dir`` (random angles, custom XML with 27-D observations) and the rllab model of the
+MAML paper (dt 0.02, COM velocity); pMeta-RL's Ant-Fwd-Back is ``ant-dir``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.envs.mujoco.ant_v5 import AntEnv
+from gymnasium.spaces import Box
+from gymnasium.utils import EzPickle
+
+from fedmeta.tasks.base import TaskSpec, register_family, register_gym_env
+from fedmeta.tasks.mujoco_common import MujocoTaskFamily, quiet_mujoco, sample_directions
+
+OBS_LAYOUTS = ("gymnasium", "promp", "maml")
+
+
+class _AntTaskEnv(AntEnv):
+    """Ant-v5 built quietly with a lineage's observation layout and survive-bonus rule."""
+
+    def __init__(self, obs_layout: str = "gymnasium", survive_always: bool = False,
+                 healthy_z_range: tuple[float, float] = (0.2, 1.0), **kwargs: Any) -> None:
+        if obs_layout not in OBS_LAYOUTS:
+            raise ValueError(f"obs_layout={obs_layout!r} is invalid; choose from {', '.join(OBS_LAYOUTS)}")
+        self.obs_layout = obs_layout
+        self.survive_always = survive_always
+        with quiet_mujoco():
+            super().__init__(healthy_z_range=tuple(healthy_z_range), **kwargs)
+        if obs_layout != "gymnasium":
+            self.observation_space = Box(-np.inf, np.inf, (self._get_obs().size,), dtype=np.float64)
+
+    @property
+    def healthy_reward(self) -> float:
+        return self._healthy_reward if self.survive_always else float(self.is_healthy) * self._healthy_reward
+
+    def _get_obs(self) -> np.ndarray:
+        if self.obs_layout == "gymnasium":
+            return super()._get_obs()
+        qvel = self.data.qvel.flatten()
+        cfrc = self.contact_forces.flatten()
+        if self.obs_layout == "promp":
+            return np.concatenate([self.data.qpos.flatten()[2:], qvel, cfrc])
+        torso = self.data.body("torso")
+        return np.concatenate([self.data.qpos.flatten(), qvel, cfrc, torso.xmat.flatten(), torso.xpos])
+
+
+class AntDirEnv(_AntTaskEnv):
+    """Walk in direction ``direction`` (±1) along x: ``gymnasium.make("fedmeta/AntDir-v0", direction=-1.0)``."""
+
+    def __init__(self, direction: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(forward_reward_weight=float(direction), **kwargs)
+        EzPickle.__init__(self, direction=direction, **kwargs)
+        self.direction = float(direction)
+
+
+class AntVelEnv(_AntTaskEnv):
+    """Track ``goal_velocity`` along x: ``gymnasium.make("fedmeta/AntVel-v0", goal_velocity=1.5)``."""
+
+    def __init__(self, goal_velocity: float = 1.0, forward_reward_offset: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        EzPickle.__init__(self, goal_velocity=goal_velocity, forward_reward_offset=forward_reward_offset, **kwargs)
+        self.goal_velocity = float(goal_velocity)
+        self.forward_reward_offset = float(forward_reward_offset)
+
+    def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
+        forward = -abs(x_velocity - self.goal_velocity) + self.forward_reward_offset
+        survive = self.healthy_reward
+        ctrl, contact = self.control_cost(action), self.contact_cost
+        info = {"reward_forward": forward, "reward_ctrl": -ctrl, "reward_contact": -contact, "reward_survive": survive}
+        return forward + survive - ctrl - contact, info
+
+
+def _lineage_kwargs(spec: TaskSpec) -> dict[str, Any]:
+    p = spec.params
+    return {"ctrl_cost_weight": float(p["ctrl-cost-weight"]), "contact_cost_weight": float(p["contact-cost-weight"]),
+            "healthy_reward": float(p["healthy-reward"]), "survive_always": bool(p["survive-always"]),
+            "healthy_z_range": tuple(float(z) for z in p["healthy-z-range"]), "obs_layout": str(p["obs-layout"])}
+
+
+class AntDir(MujocoTaskFamily):
+    """Ant forward/backward (module docstring has the definition)."""
+
+    name = "ant-dir"
+    env_class = AntDirEnv
+
+    def sample_tasks(self, n: int, rng: np.random.Generator, consts: Any) -> list[dict[str, Any]]:
+        return [{"direction": d} for d in sample_directions(n, rng, str(consts["directions"]))]
+
+    def env_kwargs(self, spec: TaskSpec) -> dict[str, Any]:
+        return {"direction": float(spec.params["direction"]), **_lineage_kwargs(spec)}
+
+
+class AntVel(MujocoTaskFamily):
+    """Ant goal velocity (module docstring has the definition)."""
+
+    name = "ant-vel"
+    env_class = AntVelEnv
+
+    def sample_tasks(self, n: int, rng: np.random.Generator, consts: Any) -> list[dict[str, Any]]:
+        lo, hi = float(consts["goal-low"]), float(consts["goal-high"])
+        return [{"goal-velocity": float(v)} for v in rng.uniform(lo, hi, size=n)]
+
+    def env_kwargs(self, spec: TaskSpec) -> dict[str, Any]:
+        return {"goal_velocity": float(spec.params["goal-velocity"]),
+                "forward_reward_offset": float(spec.params["forward-reward-offset"]), **_lineage_kwargs(spec)}
+
+
+ANT_DIR = register_family(AntDir())
+ANT_VEL = register_family(AntVel())
+register_gym_env("fedmeta/AntDir-v0", "fedmeta.tasks.ant:AntDirEnv", max_episode_steps=200)
+register_gym_env("fedmeta/AntVel-v0", "fedmeta.tasks.ant:AntVelEnv", max_episode_steps=200)
