@@ -20,8 +20,7 @@ from gymnasium.utils.env_checker import check_env
 from fedmeta.config import ConfigError
 from fedmeta.policies import make_policy
 from fedmeta.rollouts import collect_episodes, discounted_return
-from fedmeta.tasks import TASK_FAMILIES, TaskFamily, TaskSpec, task_split
-from fedmeta.tasks import tabular
+from fedmeta.tasks import TASK_FAMILIES, TaskFamily, TaskSpec, tabular, task_split
 from fedmeta.tasks.classic import CARTPOLE_TABLE_I, CartPolePhysicsEnv, MountainCarInclineEnv
 from fedmeta.tasks.frozen_lake import FROZEN_LAKE_HOLES, FrozenLakeHolesEnv
 from fedmeta.tasks.sparse_point import SPARSE_POINT, SparsePointEnv
@@ -31,7 +30,8 @@ FAMILIES = ["frozen-lake-holes", "cartpole-physics", "mountaincar-incline", "spa
 # gymnasium id and the constructor kwargs of a spec (its task parameters)
 GYM_IDS = {
     "frozen-lake-holes": ("fedmeta/FrozenLakeHoles-v0", lambda p: {"desc": p["desc"]}),
-    "cartpole-physics": ("fedmeta/CartPolePhysics-v0", lambda p: {k: p[k] for k in ("force_mag", "masspole", "length")}),
+    "cartpole-physics": ("fedmeta/CartPolePhysics-v0",
+                         lambda p: {k: p[k] for k in ("force_mag", "masspole", "length")}),
     "mountaincar-incline": ("fedmeta/MountainCarIncline-v0", lambda p: {"incline": p["incline"]}),
     "sparse-point": ("fedmeta/SparsePoint-v0", lambda p: {"goal": tuple(p["goal"])}),
 }
@@ -177,8 +177,9 @@ def test_value_iteration_and_policy_evaluation_on_a_random_mdp():
     states, actions, horizon, gamma = 6, 3, 6, 0.9
     terminal = np.zeros(states, dtype=bool)
     terminal[[2, 5]] = True
-    mdp = tabular.TabularMDP(next_state=rng.integers(0, states, (states, actions)), reward=rng.normal(size=(states, actions)),
-                             start=np.full(states, 1 / states), terminal=terminal)
+    mdp = tabular.TabularMDP(next_state=rng.integers(0, states, (states, actions)),
+                             reward=rng.normal(size=(states, actions)), start=np.full(states, 1 / states),
+                             terminal=terminal)
     optimum = tabular.optimal_return(mdp, gamma, horizon)
     assert optimum == pytest.approx(_brute_force_optimum(mdp, gamma, horizon))
     values, policy = tabular.value_iteration(mdp, gamma, horizon)
@@ -220,7 +221,8 @@ def test_frozen_lake_hole_is_minus_one_and_goal_plus_one():
 
 
 def test_frozen_lake_presets_and_horizon():
-    specs = {p: task_split("frozen-lake-holes", 20, 0, seed=1, options={"preset": p})[0] for p in ("high-var", "low-var")}
+    specs = {p: task_split("frozen-lake-holes", 20, 0, seed=1, options={"preset": p})[0]
+             for p in ("high-var", "low-var")}
     holes = {p: np.mean([sum(row.count("H") for row in s.params["desc"]) for s in v]) for p, v in specs.items()}
     assert holes["high-var"] > holes["low-var"]
     assert all(s.horizon == gym.spec("FrozenLake-v1").max_episode_steps == 100 for s in specs["high-var"])

@@ -100,13 +100,15 @@ class TaskFamily(ABC):
 
     def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0) -> gym.vector.VectorEnv:
         """``num_envs`` copies of the task stepped in lock-step, in this process or, with
-        ``workers`` > 0, in that many worker processes that each own a group of envs.
+        ``workers`` > 0, in that many worker processes that each own a group of envs; an env
+        whose episode ended idles until the next ``reset`` (see :mod:`fedmeta.tasks.lockstep`).
         Cheap tabular/analytic families override this with a batched numpy env."""
         from fedmeta.tasks.lockstep import LockstepVectorEnv, ProcessVectorEnv
 
+        idle = gym.vector.AutoresetMode.DISABLED  # finished envs idle until the sampler's next pass
         if workers > 0:
-            return ProcessVectorEnv(spec, num_envs, workers)
-        return LockstepVectorEnv([self.make_task_env(spec) for _ in range(num_envs)], spec.horizon)
+            return ProcessVectorEnv(spec, num_envs, workers, idle)
+        return LockstepVectorEnv([self.make_task_env(spec) for _ in range(num_envs)], spec.horizon, idle)
 
     def default_horizon_for(self, options: Mapping[str, Scalar]) -> int:
         """H when ``task.horizon`` is 0 (families whose ``compat`` lineage fixes H override this)."""

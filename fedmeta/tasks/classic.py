@@ -102,7 +102,8 @@ class CartPolePhysics(TaskFamily):
 
     def make_task_env(self, spec: TaskSpec) -> gym.Env:
         p = spec.params
-        return CartPolePhysicsEnv(force_mag=float(p["force_mag"]), masspole=float(p["masspole"]), length=float(p["length"]))
+        return CartPolePhysicsEnv(force_mag=float(p["force_mag"]), masspole=float(p["masspole"]),
+                                  length=float(p["length"]))
 
 
 # --------------------------------------------------------------------- MountainCar
@@ -153,4 +154,5 @@ class MountainCarIncline(TaskFamily):
 CARTPOLE_PHYSICS = register_family(CartPolePhysics())
 MOUNTAINCAR_INCLINE = register_family(MountainCarIncline())
 register_gym_env("fedmeta/CartPolePhysics-v0", "fedmeta.tasks.classic:CartPolePhysicsEnv", max_episode_steps=HORIZON)
-register_gym_env("fedmeta/MountainCarIncline-v0", "fedmeta.tasks.classic:MountainCarInclineEnv", max_episode_steps=HORIZON)
+register_gym_env("fedmeta/MountainCarIncline-v0", "fedmeta.tasks.classic:MountainCarInclineEnv",
+                 max_episode_steps=HORIZON)

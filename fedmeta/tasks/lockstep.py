@@ -8,6 +8,12 @@ observation; the last one goes to ``info["final_obs"]``), the mode fedmeta uses 
 Per-step ``info`` dicts of the envs are not merged: that merge is most of
 ``SyncVectorEnv``'s overhead on cheap MuJoCo steps, and the sampler reads only rewards.
 
+With ``autoreset_mode=DISABLED`` (what :meth:`TaskFamily.make_vector_env` builds for the
+sampler) an env whose episode has ended is *idle* until the next ``reset()``: it is not
+stepped again and its row returns its last observation, reward 0 and no end flags.  The
+sampler collects one whole episode per env per pass, so stepping a finished env (to throw the
+steps away) would only burn simulator time; gymnasium's own DISABLED mode asserts instead.
+
 Continuous actions are clipped to the action box before they reach the simulator (the
 policy's Gaussian sample is unbounded; its log-probability uses the unclipped sample).
 
@@ -37,11 +43,14 @@ def _final_info(obs: np.ndarray, done: np.ndarray) -> dict[str, Any]:
 class LockstepVectorEnv(gym.vector.VectorEnv):
     """``len(envs)`` envs of one task stepped in lock-step in this process."""
 
-    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
-
-    def __init__(self, envs: list[gym.Env], horizon: int) -> None:
+    def __init__(self, envs: list[gym.Env], horizon: int,
+                 autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.SAME_STEP) -> None:
         if not envs:
             raise ValueError("LockstepVectorEnv needs at least one env")
+        if autoreset_mode not in (gym.vector.AutoresetMode.SAME_STEP, gym.vector.AutoresetMode.DISABLED):
+            raise ValueError(f"autoreset_mode {autoreset_mode} is not supported; valid: SAME_STEP, DISABLED")
+        self.metadata = {"autoreset_mode": autoreset_mode}
+        self._idle_when_done = autoreset_mode == gym.vector.AutoresetMode.DISABLED
         self.envs = envs
         self.num_envs = len(envs)
         self.horizon = horizon
@@ -54,6 +63,7 @@ class LockstepVectorEnv(gym.vector.VectorEnv):
             self._low, self._high = self.single_action_space.low, self.single_action_space.high
         self._obs = np.zeros((self.num_envs, *self.single_observation_space.shape), dtype=np.float32)
         self._t = np.zeros(self.num_envs, dtype=np.int64)
+        self._active = np.ones(self.num_envs, dtype=bool)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -66,6 +76,7 @@ class LockstepVectorEnv(gym.vector.VectorEnv):
         for i, env in enumerate(self.envs):
             self._obs[i] = env.reset(seed=seeds[i])[0]
         self._t[:] = 0
+        self._active[:] = True
         return self._obs.copy(), {}
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -77,12 +88,15 @@ class LockstepVectorEnv(gym.vector.VectorEnv):
         rewards = np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
-        obs = self._obs
-        for i, env in enumerate(self.envs):
-            obs[i], rewards[i], terminated[i], truncated[i], _ = env.step(rows[i])
-        self._t += 1
-        truncated |= (self._t >= self.horizon) & ~terminated
+        obs, active = self._obs, self._active
+        for i in (np.flatnonzero(active) if self._idle_when_done else range(self.num_envs)):
+            obs[i], rewards[i], terminated[i], truncated[i], _ = self.envs[i].step(rows[i])
+        self._t += active
+        truncated |= (self._t >= self.horizon) & ~terminated & active
         done = terminated | truncated
+        if self._idle_when_done:
+            active &= ~done
+            return obs.copy(), rewards, terminated, truncated, {}
         info = _final_info(obs.copy(), done)
         for i in np.flatnonzero(done):
             obs[i] = self.envs[i].reset()[0]
@@ -95,13 +109,13 @@ class LockstepVectorEnv(gym.vector.VectorEnv):
 
 
 # ------------------------------------------------------------------ worker processes
-def _worker(conn: Connection, spec_json: str, num_envs: int) -> None:
+def _worker(conn: Connection, spec_json: str, num_envs: int, autoreset_mode: gym.vector.AutoresetMode) -> None:
     """Own ``num_envs`` envs of the task and answer reset/step/close commands."""
     from fedmeta.tasks import TASK_FAMILIES, TaskSpec
 
     spec = TaskSpec.from_json(spec_json)
     family = TASK_FAMILIES.get(spec.family)
-    venv = LockstepVectorEnv([family.make_task_env(spec) for _ in range(num_envs)], spec.horizon)
+    venv = LockstepVectorEnv([family.make_task_env(spec) for _ in range(num_envs)], spec.horizon, autoreset_mode)
     try:
         while True:
             cmd, payload = conn.recv()
@@ -141,11 +155,11 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
     by garbage collection, or at interpreter exit.
     """
 
-    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
-
-    def __init__(self, spec: TaskSpec, num_envs: int, workers: int) -> None:
+    def __init__(self, spec: TaskSpec, num_envs: int, workers: int,
+                 autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.SAME_STEP) -> None:
         from fedmeta.tasks import TASK_FAMILIES
 
+        self.metadata = {"autoreset_mode": autoreset_mode}
         workers = max(1, min(workers, num_envs))
         probe = TASK_FAMILIES.get(spec.family).make_task_env(spec)
         self.single_observation_space, self.single_action_space = probe.observation_space, probe.action_space
@@ -159,7 +173,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         self._procs: list[Any] = []
         for w in range(workers):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, spec.to_json(), int(self._bounds[w + 1] - self._bounds[w])),
+            proc = ctx.Process(target=_worker, args=(child, spec.to_json(), int(self._bounds[w + 1] - self._bounds[w]), autoreset_mode),
                                daemon=True, name=f"fedmeta-sampler-{w}")
             proc.start()
             child.close()

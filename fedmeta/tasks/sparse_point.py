@@ -52,7 +52,8 @@ class SparsePointEnv(gym.Env, EzPickle):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, goal: tuple[float, float] = (1.0, 0.0), reward: str = "sparse", goal_radius: float = 0.2) -> None:
+    def __init__(self, goal: tuple[float, float] = (1.0, 0.0), reward: str = "sparse",
+                 goal_radius: float = 0.2) -> None:
         EzPickle.__init__(self, goal=goal, reward=reward, goal_radius=goal_radius)
         if reward not in REWARDS:
             raise ValueError(f"reward={reward!r} is invalid; choose from {', '.join(REWARDS)}")
