@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -121,3 +122,24 @@ def test_softmax_policy_samples_by_inverse_cdf():
         counts = torch.bincount(policy.act(obs, u), minlength=5).double() / 10_000
         probs = policy(obs[:1]).probs[0].double()
     torch.testing.assert_close(counts, probs, atol=2e-4, rtol=0)
+
+
+def test_numpy_actor_matches_the_torch_policy_and_follows_updates():
+    """CPU sampling acts in numpy; it must be the same policy, including after optimizer steps."""
+    rng = np.random.default_rng(0)
+    for obs_space, act_space in [(gym.spaces.Box(-1, 1, (5,)), gym.spaces.Discrete(4)),
+                                 (gym.spaces.Box(-1, 1, (5,)), gym.spaces.Box(-1, 1, (3,)))]:
+        policy = make_policy(obs_space, act_space, activation="relu", seed=2)
+        actor = policy.numpy_actor()
+        with torch.no_grad():
+            for p in policy.parameters():  # an in-place update, as an optimizer step does
+                p.add_(0.1)
+        obs = rng.standard_normal((500, 5)).astype(np.float32)
+        noise = (rng.random((500,)) if not policy.noise_shape else rng.standard_normal((500, 3))).astype(np.float32)
+        with torch.no_grad():
+            expected = policy.act(torch.from_numpy(obs), torch.from_numpy(noise)).numpy()
+        got = actor(obs, noise)
+        if policy.noise_shape:
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        else:
+            assert (got == expected).mean() > 0.99

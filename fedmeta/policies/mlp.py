@@ -10,7 +10,7 @@ one step's noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -19,6 +19,39 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+_NUMPY_ACTIVATIONS = {nn.Tanh: lambda x: np.tanh(x, out=x), nn.ReLU: lambda x: np.maximum(x, 0.0, out=x)}
+
+Actor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _affine(x: np.ndarray, w_t: np.ndarray, b: np.ndarray) -> np.ndarray:
+    y = x @ w_t
+    y += b
+    return y
+
+
+def numpy_forward(net: nn.Sequential) -> Callable[[np.ndarray], np.ndarray]:
+    """``net``'s forward pass in numpy over zero-copy views of its (CPU) parameters.
+
+    Acting costs a few small matrix products per step; in torch most of that is per-op
+    dispatch overhead, which on a MuJoCo step is the difference between ~5 and ~15 % over the
+    simulator.  The views share storage with the parameters, so in-place optimizer steps and
+    ``load_state_dict`` are seen; build a new forward after replacing a parameter object.
+    """
+    steps: list[Callable[[np.ndarray], np.ndarray]] = []
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            w_t, b = layer.weight.detach().numpy().T, layer.bias.detach().numpy()
+            steps.append(lambda x, w_t=w_t, b=b: _affine(x, w_t, b))
+        else:
+            steps.append(_NUMPY_ACTIVATIONS[type(layer)])
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        for step in steps:
+            x = step(x)
+        return x
+
+    return forward
 
 
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -52,6 +85,19 @@ class CategoricalMLP(nn.Module):
         cdf = self(obs).probs.cumsum(-1)
         return (cdf <= noise.unsqueeze(-1)).sum(-1).clamp_(max=cdf.shape[-1] - 1)
 
+    def numpy_actor(self) -> Actor:
+        """:meth:`act` in numpy for CPU sampling (same actions up to float rounding)."""
+        logits_of = numpy_forward(self.logits)
+
+        def act(obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+            logits = logits_of(obs)
+            probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            cdf = np.cumsum(probs, axis=-1)
+            cdf /= cdf[:, -1:]
+            return np.minimum((cdf <= noise[:, None]).sum(-1), cdf.shape[-1] - 1)
+
+        return act
+
 
 class GaussianMLP(nn.Module):
     """π(a|s) = N(MLP(s), diag(exp(log_std))²) with a state-independent log-std."""
@@ -74,6 +120,15 @@ class GaussianMLP(nn.Module):
     def act(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Reparameterized sample μ(s) + σ·ε with ``noise`` = ε ~ N(0, I)."""
         return self.mean(obs) + noise * self.log_std.exp()
+
+    def numpy_actor(self) -> Actor:
+        """:meth:`act` in numpy for CPU sampling (same actions up to float rounding)."""
+        mean_of, log_std = numpy_forward(self.mean), self.log_std.detach().numpy()
+
+        def act(obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+            return mean_of(obs) + noise * np.exp(log_std)
+
+        return act
 
 
 Policy = CategoricalMLP | GaussianMLP

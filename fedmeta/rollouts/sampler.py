@@ -8,6 +8,7 @@ autoreset that follows a termination never leaks a reward or observation into th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -32,6 +33,25 @@ class EpisodeBatch(NamedTuple):
 
 def _seeds(seed: int, n: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)]
+
+
+# Below this many envs a CPU step's policy forward is mostly torch dispatch overhead, and the
+# numpy actor is 2-4x faster (48 vs 180 us for 20 envs, 64-64 tanh); above ~1000 rows torch's
+# kernels win (4000 rows: 3.4 vs 4.1 ms).  Measured on the 2-core CI-like machine.
+NUMPY_ACTOR_MAX_ENVS = 512
+
+
+def _actor(policy: Policy, device: torch.device, num_envs: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """numpy in, numpy out: the numpy actor for small CPU batches, the torch ``act`` otherwise."""
+    if device.type == "cpu" and num_envs <= NUMPY_ACTOR_MAX_ENVS and hasattr(policy, "numpy_actor"):
+        return policy.numpy_actor()
+
+    def act(obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = policy.act(torch.from_numpy(obs).to(device), torch.from_numpy(noise).to(device))
+        return out.cpu().numpy()
+
+    return act
 
 
 def episode_noise(policy: Policy, num_episodes: int, horizon: int, seed: int) -> np.ndarray:
@@ -64,8 +84,9 @@ def collect_episodes(policy: Policy, venv: gym.vector.VectorEnv, num_episodes: i
     obs_buf = np.zeros((horizon, total, *obs_dim), dtype=np.float32)
     rew_buf = np.zeros((horizon, total), dtype=np.float32)
     mask_buf = np.zeros((horizon, total), dtype=np.float32)
-    noise = torch.from_numpy(episode_noise(policy, total, horizon, seed)).to(device)
-    act_buf: torch.Tensor | None = None
+    noise = episode_noise(policy, total, horizon, seed)
+    act_buf: np.ndarray | None = None
+    act_fn = _actor(policy, device, n_envs)
     reset_seeds = _seeds(seed + 1, total)
     for p in range(passes):
         cols = slice(p * n_envs, (p + 1) * n_envs)
@@ -74,12 +95,11 @@ def collect_episodes(policy: Policy, venv: gym.vector.VectorEnv, num_episodes: i
         for t in range(horizon):
             obs_buf[t, cols] = obs
             mask_buf[t, cols] = alive
-            with torch.no_grad():
-                act = policy.act(torch.from_numpy(obs_buf[t, cols]).to(device), noise[t, cols])
+            act = act_fn(obs_buf[t, cols], noise[t, cols])
             if act_buf is None:
-                act_buf = torch.zeros((horizon, total, *act.shape[1:]), dtype=act.dtype, device=device)
+                act_buf = np.zeros((horizon, total, *act.shape[1:]), dtype=act.dtype)
             act_buf[t, cols] = act
-            obs, reward, terminated, truncated, _ = venv.step(act.cpu().numpy())
+            obs, reward, terminated, truncated, _ = venv.step(act)
             rew_buf[t, cols] = np.where(alive, reward, 0.0)
             alive &= ~(np.asarray(terminated) | np.asarray(truncated))
             if not alive.any():  # every episode of this pass has ended: the rest is padding
@@ -88,7 +108,7 @@ def collect_episodes(policy: Policy, venv: gym.vector.VectorEnv, num_episodes: i
     keep = slice(0, num_episodes)
     return EpisodeBatch(
         obs=torch.from_numpy(obs_buf[:, keep]).to(device),
-        actions=act_buf[:, keep],
+        actions=torch.from_numpy(act_buf[:, keep]).to(device),
         rewards=torch.from_numpy(rew_buf[:, keep]).to(device),
         masks=torch.from_numpy(mask_buf[:, keep]).to(device),
     )

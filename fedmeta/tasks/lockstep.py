@@ -52,6 +52,7 @@ class LockstepVectorEnv(gym.vector.VectorEnv):
         self.metadata = {"autoreset_mode": autoreset_mode}
         self._idle_when_done = autoreset_mode == gym.vector.AutoresetMode.DISABLED
         self.envs = envs
+        self._steps = [env.step for env in envs]
         self.num_envs = len(envs)
         self.horizon = horizon
         self.single_observation_space = envs[0].observation_space
@@ -82,15 +83,23 @@ class LockstepVectorEnv(gym.vector.VectorEnv):
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         actions = np.asarray(actions)
         if self._discrete:
-            rows: Any = actions.astype(np.int64).tolist()
+            rows: list[Any] = actions.astype(np.int64).tolist()
         else:
-            rows = np.clip(actions, self._low, self._high).astype(np.float64)
+            rows = list(np.clip(actions, self._low, self._high).astype(np.float64))
         rewards = np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         obs, active = self._obs, self._active
-        for i in (np.flatnonzero(active) if self._idle_when_done else range(self.num_envs)):
-            obs[i], rewards[i], terminated[i], truncated[i], _ = self.envs[i].step(rows[i])
+        # one list comprehension over bound step methods: about half the cost of an indexed loop
+        if self._idle_when_done and not active.all():
+            ids: Any = np.flatnonzero(active).tolist()
+            results = [self._steps[i](rows[i]) for i in ids]
+        else:
+            ids = slice(None)
+            results = [step(row) for step, row in zip(self._steps, rows)]
+        if results:
+            o, r, te, tr, _ = zip(*results)
+            obs[ids], rewards[ids], terminated[ids], truncated[ids] = o, r, te, tr
         self._t += active
         truncated |= (self._t >= self.horizon) & ~terminated & active
         done = terminated | truncated
