@@ -45,7 +45,7 @@ class TaskConfig:
 class PolicyConfig:
     """The shared policy network (what is federated)."""
 
-    hidden_sizes: str = field(default="64,64", metadata=_doc("comma-separated hidden widths"))
+    hidden_sizes: str = field(default="64,64", metadata=_doc("comma-separated hidden widths; '' = linear (tabular softmax on one-hot states)"))
     activation: str = field(default="tanh", metadata=_doc("tanh | relu"))
     init_std: float = field(default=1.0, metadata=_doc("initial std of Gaussian policies"))
 
@@ -213,8 +213,9 @@ class ExperimentConfig:
         TASK_FAMILIES.get(self.task.family).validate_options(self.task.options)
         _choice("policy.activation", self.policy.activation, ["relu", "tanh"])
         sizes = self.policy.hidden_sizes.replace(" ", "")
-        if not sizes or not all(s.isdigit() and int(s) > 0 for s in sizes.split(",")):
-            raise ConfigError(f"policy.hidden-sizes={self.policy.hidden_sizes!r} is invalid; use positive ints like '64,64'")
+        if sizes and not all(s.isdigit() and int(s) > 0 for s in sizes.split(",")):
+            raise ConfigError(f"policy.hidden-sizes={self.policy.hidden_sizes!r} is invalid; "
+                              "use positive ints like '64,64', or '' for a linear (tabular-softmax) policy")
         _positive("policy.init-std", self.policy.init_std)
         _choice("solver.name", self.solver.name, SOLVERS.names())
         _choice("solver.optimizer", self.solver.optimizer, ["adam", "sgd"])
@@ -260,7 +261,8 @@ class ExperimentConfig:
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.policy.hidden_sizes.replace(" ", "").split(","))
+        sizes = self.policy.hidden_sizes.replace(" ", "")
+        return tuple(int(s) for s in sizes.split(",")) if sizes else ()
 
 
 # ---------------------------------------------------------------------- helpers

@@ -47,6 +47,10 @@ def test_flat_round_trip():
         ({"solver.optimizer": "rmsprop"}, "choose from adam, sgd"),
         ({"prox.lam": "big"}, "wrong type"),
         ({"bogus": 1}, "valid top-level keys"),
+        ({"policy.hidden-sizes": "64,x"}, "or '' for a linear"),
+        ({"task.family": "half-cheetah-vel", "task.compat": "rllab"}, "task.compat"),
+        ({"task.family": "frozen-lake-holes", "task.preset": "medium"}, "high-var, low-var, p0.8"),
+        ({"task.family": "sparse-point", "task.reward": "l1"}, "sparse"),
     ],
 )
 def test_invalid_values_name_the_key_and_the_choices(flat, needle):
@@ -98,3 +102,8 @@ def test_switching_family_drops_the_presets_family_settings():
     assert kept["task.horizon"] == 7 and dropped == ["task.size=11"]
     same, dropped = apply_overrides(preset, {"task.family": "grid-nav", "task.size": 7})
     assert same["task.size"] == 7 and same["task.horizon"] == 30 and dropped == []
+
+
+def test_empty_hidden_sizes_give_the_tabular_softmax():
+    cfg = ExperimentConfig.from_flat({"task.family": "frozen-lake-holes", "policy.hidden-sizes": ""})
+    assert cfg.hidden_sizes == ()

@@ -38,7 +38,7 @@ from gymnasium.spaces import Box
 from gymnasium.utils import EzPickle
 
 from fedmeta.tasks.base import TaskSpec, register_family, register_gym_env
-from fedmeta.tasks.mujoco_common import MujocoTaskFamily, quiet_mujoco, sample_directions
+from fedmeta.tasks.mujoco_common import DirectionTasks, VelocityTasks, quiet_mujoco
 
 OBS_LAYOUTS = ("gymnasium", "promp", "maml")
 
@@ -105,28 +105,21 @@ def _lineage_kwargs(spec: TaskSpec) -> dict[str, Any]:
             "healthy_z_range": tuple(float(z) for z in p["healthy-z-range"]), "obs_layout": str(p["obs-layout"])}
 
 
-class AntDir(MujocoTaskFamily):
+class AntDir(DirectionTasks):
     """Ant forward/backward (module docstring has the definition)."""
 
     name = "ant-dir"
     env_class = AntDirEnv
 
-    def sample_tasks(self, n: int, rng: np.random.Generator, consts: Any) -> list[dict[str, Any]]:
-        return [{"direction": d} for d in sample_directions(n, rng, str(consts["directions"]))]
-
     def env_kwargs(self, spec: TaskSpec) -> dict[str, Any]:
         return {"direction": float(spec.params["direction"]), **_lineage_kwargs(spec)}
 
 
-class AntVel(MujocoTaskFamily):
+class AntVel(VelocityTasks):
     """Ant goal velocity (module docstring has the definition)."""
 
     name = "ant-vel"
     env_class = AntVelEnv
-
-    def sample_tasks(self, n: int, rng: np.random.Generator, consts: Any) -> list[dict[str, Any]]:
-        lo, hi = float(consts["goal-low"]), float(consts["goal-high"])
-        return [{"goal-velocity": float(v)} for v in rng.uniform(lo, hi, size=n)]
 
     def env_kwargs(self, spec: TaskSpec) -> dict[str, Any]:
         return {"goal_velocity": float(spec.params["goal-velocity"]),

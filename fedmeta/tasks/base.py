@@ -56,6 +56,7 @@ class TaskFamily(ABC):
     discrete: ClassVar[bool]
     default_horizon: ClassVar[int]
     options: ClassVar[Mapping[str, Scalar]] = {}
+    option_choices: ClassVar[Mapping[str, tuple[str, ...]]] = {}  # string options with a closed set of values
 
     # -------------------------------------------------------------- sampling
     @abstractmethod
@@ -86,6 +87,16 @@ class TaskFamily(ABC):
                     raise ConfigError(f"task.{key}={value!r} has the wrong type; valid: a number")
             elif type(value) is not type(default):
                 raise ConfigError(f"task.{key}={value!r} has the wrong type; valid: a {type(default).__name__}")
+            if key in self.option_choices and value not in self.option_choices[key]:
+                raise ConfigError(f"task.{key}={value!r} is invalid; choose from {', '.join(self.option_choices[key])}")
+
+    @staticmethod
+    def require(options: Mapping[str, Scalar], key: str, ok: bool, valid: str) -> None:
+        """Raise the one-line ``ConfigError`` for ``task.<key>`` unless ``ok``; ``valid`` names the valid values."""
+        from fedmeta.config import ConfigError
+
+        if not ok:
+            raise ConfigError(f"task.{key}={options[key]!r} is invalid; valid: {valid}")
 
     # ---------------------------------------------------------- environments
     @abstractmethod

@@ -79,3 +79,19 @@ class BatchedVectorEnv(gym.vector.VectorEnv):
             self._reset_states(idx)
             obs = self._observe()
         return obs, reward.astype(np.float64), terminated, truncated, info
+
+
+class PositionVectorEnv(BatchedVectorEnv):
+    """A batched 2-D point whose episodes start at the origin and observe the position
+    (``point-nav``, ``sparse-point``); subclasses define ``_transition`` on ``self._pos``."""
+
+    def __init__(self, num_envs: int, horizon: int, single_observation_space: gym.Space,
+                 single_action_space: gym.Space) -> None:
+        super().__init__(num_envs, horizon, single_observation_space, single_action_space)
+        self._pos = np.zeros((num_envs, 2))
+
+    def _reset_states(self, idx: np.ndarray) -> None:
+        self._pos[idx] = 0.0
+
+    def _observe(self) -> np.ndarray:
+        return self._pos.astype(np.float32)

@@ -59,13 +59,26 @@ MOUNTAINCAR_INCLINES: tuple[float, ...] = (3.0, 3.5, 4.0, 4.5, 5.0)
 HORIZON = 200
 
 
-def _fixed_rows(family: str, rows: tuple[Any, ...], n: int) -> list[Any]:
-    if n > len(rows):
-        from fedmeta.config import ConfigError
+class TableIFamily(TaskFamily):
+    """A family with pMeta-RL's fixed task rows: ``rows`` are the task params in Table I order,
+    and ``env_class(**params)`` builds a task env."""
 
-        raise ConfigError(f"{family} has {len(rows)} fixed tasks (pMeta-RL Table I) but {n} were asked for; "
-                          f"valid: task.num-clients + task.num-test-tasks <= {len(rows)}")
-    return list(rows[:n])
+    discrete = True
+    default_horizon = HORIZON
+    options: Mapping[str, Scalar] = {}
+    rows: tuple[dict[str, float], ...]
+    env_class: type[gym.Env]
+
+    def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
+        if n > len(self.rows):
+            from fedmeta.config import ConfigError
+
+            raise ConfigError(f"{self.name} has {len(self.rows)} fixed tasks (pMeta-RL Table I) but {n} were asked "
+                              f"for; valid: task.num-clients + task.num-test-tasks <= {len(self.rows)}")
+        return [dict(row) for row in self.rows[:n]]
+
+    def make_task_env(self, spec: TaskSpec) -> gym.Env:
+        return self.env_class(**{k: float(v) for k, v in spec.params.items() if not k.startswith("option:")})
 
 
 # ------------------------------------------------------------------------ CartPole
@@ -89,21 +102,12 @@ class CartPolePhysicsEnv(CartPoleEnv, EzPickle):
         return obs, float(reward), terminated, truncated, {**info, "reward_alive": float(reward)}
 
 
-class CartPolePhysics(TaskFamily):
+class CartPolePhysics(TableIFamily):
     """pMeta-RL's five CartPole tasks (module docstring has the definition)."""
 
     name = "cartpole-physics"
-    discrete = True
-    default_horizon = HORIZON
-    options: Mapping[str, Scalar] = {}
-
-    def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
-        return [dict(row) for row in _fixed_rows(self.name, CARTPOLE_TABLE_I, n)]
-
-    def make_task_env(self, spec: TaskSpec) -> gym.Env:
-        p = spec.params
-        return CartPolePhysicsEnv(force_mag=float(p["force_mag"]), masspole=float(p["masspole"]),
-                                  length=float(p["length"]))
+    rows = CARTPOLE_TABLE_I
+    env_class = CartPolePhysicsEnv
 
 
 # --------------------------------------------------------------------- MountainCar
@@ -136,19 +140,12 @@ class MountainCarInclineEnv(MountainCarEnv, EzPickle):
         return np.sin(self.incline * xs) * 0.45 + 0.55
 
 
-class MountainCarIncline(TaskFamily):
+class MountainCarIncline(TableIFamily):
     """pMeta-RL's five MountainCar inclines (module docstring has the definition)."""
 
     name = "mountaincar-incline"
-    discrete = True
-    default_horizon = HORIZON
-    options: Mapping[str, Scalar] = {}
-
-    def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
-        return [{"incline": z} for z in _fixed_rows(self.name, MOUNTAINCAR_INCLINES, n)]
-
-    def make_task_env(self, spec: TaskSpec) -> gym.Env:
-        return MountainCarInclineEnv(incline=float(spec.params["incline"]))
+    rows = tuple({"incline": z} for z in MOUNTAINCAR_INCLINES)
+    env_class = MountainCarInclineEnv
 
 
 CARTPOLE_PHYSICS = register_family(CartPolePhysics())

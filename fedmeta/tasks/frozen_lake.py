@@ -109,15 +109,12 @@ class FrozenLakeHoles(TaskFamily):
     discrete = True
     default_horizon = 100
     options: Mapping[str, Scalar] = {"preset": "high-var", "size": 4}
+    option_choices = {"preset": tuple(PRESETS)}
 
     def validate_options(self, options: Mapping[str, Scalar]) -> None:
-        from fedmeta.config import ConfigError
-
         super().validate_options(options)
-        if options.get("preset", "high-var") not in PRESETS:
-            raise ConfigError(f"task.preset={options['preset']!r} is invalid; choose from {', '.join(PRESETS)}")
-        if int(options.get("size", 4)) < 2:
-            raise ConfigError(f"task.size={options['size']!r} is invalid; valid: an integer >= 2")
+        if "size" in options:
+            self.require(options, "size", int(options["size"]) >= 2, "an integer >= 2")
 
     def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
         size, p = int(options["size"]), PRESETS[str(options["preset"])]

@@ -35,7 +35,7 @@ from gymnasium.spaces import Box
 from gymnasium.utils import EzPickle
 
 from fedmeta.tasks.base import TaskSpec, register_family, register_gym_env
-from fedmeta.tasks.mujoco_common import MujocoTaskFamily, quiet_mujoco, sample_directions
+from fedmeta.tasks.mujoco_common import DirectionTasks, VelocityTasks, quiet_mujoco
 
 
 class _CheetahTaskEnv(HalfCheetahEnv):
@@ -90,28 +90,21 @@ def _cheetah_kwargs(spec: TaskSpec) -> dict[str, Any]:
             "torso_com_in_observation": bool(p["torso-com-in-observation"]), "frame_skip": int(p["frame-skip"])}
 
 
-class HalfCheetahDir(MujocoTaskFamily):
+class HalfCheetahDir(DirectionTasks):
     """HalfCheetah forward/backward (module docstring has the definition)."""
 
     name = "half-cheetah-dir"
     env_class = HalfCheetahDirEnv
 
-    def sample_tasks(self, n: int, rng: np.random.Generator, consts: Any) -> list[dict[str, Any]]:
-        return [{"direction": d} for d in sample_directions(n, rng, str(consts["directions"]))]
-
     def env_kwargs(self, spec: TaskSpec) -> dict[str, Any]:
         return {"direction": float(spec.params["direction"]), **_cheetah_kwargs(spec)}
 
 
-class HalfCheetahVel(MujocoTaskFamily):
+class HalfCheetahVel(VelocityTasks):
     """HalfCheetah goal velocity (module docstring has the definition)."""
 
     name = "half-cheetah-vel"
     env_class = HalfCheetahVelEnv
-
-    def sample_tasks(self, n: int, rng: np.random.Generator, consts: Any) -> list[dict[str, Any]]:
-        lo, hi = float(consts["goal-low"]), float(consts["goal-high"])
-        return [{"goal-velocity": float(v)} for v in rng.uniform(lo, hi, size=n)]
 
     def env_kwargs(self, spec: TaskSpec) -> dict[str, Any]:
         return {"goal_velocity": float(spec.params["goal-velocity"]), **_cheetah_kwargs(spec)}

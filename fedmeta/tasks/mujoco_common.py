@@ -178,6 +178,21 @@ class MujocoTaskFamily(TaskFamily):
         return self.env_class(**self.env_kwargs(spec))
 
 
+class DirectionTasks(MujocoTaskFamily):
+    """Tasks are directions d ∈ {−1, +1} drawn by the lineage's ``directions`` scheme."""
+
+    def sample_tasks(self, n: int, rng: np.random.Generator, consts: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [{"direction": d} for d in sample_directions(n, rng, str(consts["directions"]))]
+
+
+class VelocityTasks(MujocoTaskFamily):
+    """Tasks are goal velocities v* ~ U[goal-low, goal-high] of the lineage."""
+
+    def sample_tasks(self, n: int, rng: np.random.Generator, consts: Mapping[str, Any]) -> list[dict[str, Any]]:
+        lo, hi = float(consts["goal-low"]), float(consts["goal-high"])
+        return [{"goal-velocity": float(v)} for v in rng.uniform(lo, hi, size=n)]
+
+
 def sample_directions(n: int, rng: np.random.Generator, scheme: str) -> list[float]:
     """Directions d ∈ {−1, +1}: ``bernoulli`` (p = 0.5), ``threshold-u03`` (g ~ U[0, 3],
     d = −1 if g < 1.5 else +1, as cbfinn/maml_rl and pytorch-maml-rl draw them) or

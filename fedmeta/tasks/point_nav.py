@@ -18,7 +18,7 @@ from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
 from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, register_gym_env, spec_option
-from fedmeta.tasks.batched import BatchedVectorEnv
+from fedmeta.tasks.batched import PositionVectorEnv
 
 MAX_ACTION = 0.1
 GOAL_TOL = 0.01
@@ -35,24 +35,36 @@ def point_step(pos: np.ndarray, action: np.ndarray, goal: np.ndarray, reward_kin
     return nxt, reward, done
 
 
-class PointNavEnv(gym.Env, EzPickle):
-    """Single point-navigation env: ``gymnasium.make("fedmeta/PointNav-v0", goal=(0.3, -0.2))``."""
+def point_spaces() -> tuple[spaces.Box, spaces.Box]:
+    """Observation (the position) and action (a displacement, ±0.1) spaces of 2-D point tasks."""
+    return (spaces.Box(-np.inf, np.inf, (2,), dtype=np.float32),
+            spaces.Box(-MAX_ACTION, MAX_ACTION, (2,), dtype=np.float32))
+
+
+class OriginStartEnv(gym.Env):
+    """A 2-D point that starts at the origin and observes its position (``point-nav``, ``sparse-point``)."""
 
     metadata = {"render_modes": []}
 
-    def __init__(self, goal: tuple[float, float] = (0.0, 0.0), reward: str = "l2", terminate_at_goal: bool = True) -> None:
-        EzPickle.__init__(self, goal=goal, reward=reward, terminate_at_goal=terminate_at_goal)
-        self.goal = np.asarray(goal, dtype=np.float64)
-        self.reward_kind = reward
-        self.terminate_at_goal = terminate_at_goal
-        self.observation_space = spaces.Box(-np.inf, np.inf, (2,), dtype=np.float32)
-        self.action_space = spaces.Box(-MAX_ACTION, MAX_ACTION, (2,), dtype=np.float32)
+    def __init__(self) -> None:
+        self.observation_space, self.action_space = point_spaces()
         self._pos = np.zeros(2)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self._pos = np.zeros(2)
         return self._pos.astype(np.float32), {}
+
+
+class PointNavEnv(OriginStartEnv, EzPickle):
+    """Single point-navigation env: ``gymnasium.make("fedmeta/PointNav-v0", goal=(0.3, -0.2))``."""
+
+    def __init__(self, goal: tuple[float, float] = (0.0, 0.0), reward: str = "l2", terminate_at_goal: bool = True) -> None:
+        super().__init__()
+        EzPickle.__init__(self, goal=goal, reward=reward, terminate_at_goal=terminate_at_goal)
+        self.goal = np.asarray(goal, dtype=np.float64)
+        self.reward_kind = reward
+        self.terminate_at_goal = terminate_at_goal
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         nxt, reward, done = point_step(self._pos[None], np.asarray(action, dtype=np.float64)[None], self.goal,
@@ -61,27 +73,19 @@ class PointNavEnv(gym.Env, EzPickle):
         return self._pos.astype(np.float32), float(reward[0]), bool(done[0]), False, {"reward_distance": float(reward[0])}
 
 
-class PointNavVectorEnv(BatchedVectorEnv):
+class PointNavVectorEnv(PositionVectorEnv):
     """``num_envs`` point-navigation envs of one task, batched in numpy."""
 
     def __init__(self, goal: tuple[float, float], reward: str, terminate_at_goal: bool, horizon: int, num_envs: int) -> None:
         self.goal = np.asarray(goal, dtype=np.float64)
         self.reward_kind = reward
         self.terminate_at_goal = terminate_at_goal
-        super().__init__(num_envs, horizon, spaces.Box(-np.inf, np.inf, (2,), dtype=np.float32),
-                         spaces.Box(-MAX_ACTION, MAX_ACTION, (2,), dtype=np.float32))
-        self._pos = np.zeros((num_envs, 2))
-
-    def _reset_states(self, idx: np.ndarray) -> None:
-        self._pos[idx] = 0.0
+        super().__init__(num_envs, horizon, *point_spaces())
 
     def _transition(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._pos, reward, done = point_step(self._pos, actions.astype(np.float64), self.goal, self.reward_kind,
                                              self.terminate_at_goal)
         return reward, done
-
-    def _observe(self) -> np.ndarray:
-        return self._pos.astype(np.float32)
 
 
 class PointNav(TaskFamily):
@@ -91,17 +95,11 @@ class PointNav(TaskFamily):
     discrete = False
     default_horizon = 100
     options: Mapping[str, Scalar] = {"goal-low": -0.5, "goal-high": 0.5, "reward": "l2", "terminate-at-goal": True}
+    option_choices = {"reward": ("l2", "sq-l2")}
 
     def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
         low, high = float(options["goal-low"]), float(options["goal-high"])
         return [{"goal": [float(x) for x in rng.uniform(low, high, size=2)]} for _ in range(n)]
-
-    def validate_options(self, options: Mapping[str, Scalar]) -> None:
-        super().validate_options(options)
-        if options.get("reward", "l2") not in ("l2", "sq-l2"):
-            from fedmeta.config import ConfigError
-
-            raise ConfigError(f"task.reward={options['reward']!r} is invalid; choose from l2, sq-l2")
 
     def _kwargs(self, spec: TaskSpec) -> dict[str, Any]:
         return {"goal": tuple(spec.params["goal"]), "reward": str(spec_option(spec, "reward", "l2")),

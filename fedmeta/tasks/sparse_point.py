@@ -22,13 +22,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
 from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, register_gym_env, spec_option
-from fedmeta.tasks.batched import BatchedVectorEnv
+from fedmeta.tasks.batched import PositionVectorEnv
+from fedmeta.tasks.point_nav import MAX_ACTION, OriginStartEnv, point_spaces
 
-MAX_ACTION = 0.1
 REWARDS = ("sparse", "dense")
 PEARL_GAMMA = 0.9
 
@@ -42,31 +41,18 @@ def sparse_point_step(pos: np.ndarray, action: np.ndarray, goal: np.ndarray, goa
     return nxt, dense, sparse
 
 
-def _spaces() -> tuple[spaces.Box, spaces.Box]:
-    return (spaces.Box(-np.inf, np.inf, (2,), dtype=np.float32),
-            spaces.Box(-MAX_ACTION, MAX_ACTION, (2,), dtype=np.float32))
-
-
-class SparsePointEnv(gym.Env, EzPickle):
+class SparsePointEnv(OriginStartEnv, EzPickle):
     """Single sparse point env: ``gymnasium.make("fedmeta/SparsePoint-v0", goal=(0.0, 1.0))``."""
-
-    metadata = {"render_modes": []}
 
     def __init__(self, goal: tuple[float, float] = (1.0, 0.0), reward: str = "sparse",
                  goal_radius: float = 0.2) -> None:
+        super().__init__()
         EzPickle.__init__(self, goal=goal, reward=reward, goal_radius=goal_radius)
         if reward not in REWARDS:
             raise ValueError(f"reward={reward!r} is invalid; choose from {', '.join(REWARDS)}")
         self.goal = np.asarray(goal, dtype=np.float64)
         self.reward_kind = reward
         self.goal_radius = float(goal_radius)
-        self.observation_space, self.action_space = _spaces()
-        self._pos = np.zeros(2)
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self._pos = np.zeros(2)
-        return self._pos.astype(np.float32), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         nxt, dense, sparse = sparse_point_step(self._pos[None], np.asarray(action, dtype=np.float64)[None], self.goal,
@@ -78,25 +64,18 @@ class SparsePointEnv(gym.Env, EzPickle):
         return self._pos.astype(np.float32), reward, False, False, info
 
 
-class SparsePointVectorEnv(BatchedVectorEnv):
+class SparsePointVectorEnv(PositionVectorEnv):
     """``num_envs`` sparse point envs of one task, batched in numpy."""
 
     def __init__(self, goal: tuple[float, float], reward: str, goal_radius: float, horizon: int, num_envs: int) -> None:
         self.goal = np.asarray(goal, dtype=np.float64)
         self.reward_kind = reward
         self.goal_radius = float(goal_radius)
-        super().__init__(num_envs, horizon, *_spaces())
-        self._pos = np.zeros((num_envs, 2))
-
-    def _reset_states(self, idx: np.ndarray) -> None:
-        self._pos[idx] = 0.0
+        super().__init__(num_envs, horizon, *point_spaces())
 
     def _transition(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._pos, dense, sparse = sparse_point_step(self._pos, actions.astype(np.float64), self.goal, self.goal_radius)
         return (sparse if self.reward_kind == "sparse" else dense), np.zeros(self.num_envs, dtype=bool)
-
-    def _observe(self) -> np.ndarray:
-        return self._pos.astype(np.float32)
 
 
 class SparsePoint(TaskFamily):
@@ -106,15 +85,12 @@ class SparsePoint(TaskFamily):
     discrete = False
     default_horizon = 20
     options: Mapping[str, Scalar] = {"reward": "sparse", "goal-radius": 0.2}
+    option_choices = {"reward": tuple(REWARDS)}
 
     def validate_options(self, options: Mapping[str, Scalar]) -> None:
-        from fedmeta.config import ConfigError
-
         super().validate_options(options)
-        if options.get("reward", "sparse") not in REWARDS:
-            raise ConfigError(f"task.reward={options['reward']!r} is invalid; choose from {', '.join(REWARDS)}")
-        if float(options.get("goal-radius", 0.2)) <= 0:
-            raise ConfigError(f"task.goal-radius={options['goal-radius']!r} is invalid; valid: a number > 0")
+        if "goal-radius" in options:
+            self.require(options, "goal-radius", float(options["goal-radius"]) > 0, "a number > 0")
 
     def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
         angles = np.linspace(0.0, np.pi, n)[rng.permutation(n)]

@@ -26,7 +26,7 @@ from gymnasium.envs.mujoco.swimmer_v5 import SwimmerEnv
 from gymnasium.utils import EzPickle
 
 from fedmeta.tasks.base import Scalar, TaskSpec, register_family, register_gym_env
-from fedmeta.tasks.mujoco_common import DEFAULT_COMPAT, MujocoTaskFamily, quiet_mujoco
+from fedmeta.tasks.mujoco_common import DEFAULT_COMPAT, VelocityTasks, quiet_mujoco
 
 
 class SwimmerVelEnv(SwimmerEnv):
@@ -48,7 +48,7 @@ class SwimmerVelEnv(SwimmerEnv):
         return forward - ctrl, {"reward_forward": forward, "reward_ctrl": -ctrl}
 
 
-class SwimmerVel(MujocoTaskFamily):
+class SwimmerVel(VelocityTasks):
     """Swimmer goal velocity (module docstring has the definition)."""
 
     name = "swimmer-vel"
@@ -62,10 +62,6 @@ class SwimmerVel(MujocoTaskFamily):
 
             raise ConfigError("task.sign-bug=true reproduces a ProMP bug and needs task.compat='promp'; "
                               "valid: task.sign-bug=false, or task.compat='promp'")
-
-    def sample_tasks(self, n: int, rng: np.random.Generator, consts: Any) -> list[dict[str, Any]]:
-        lo, hi = float(consts["goal-low"]), float(consts["goal-high"])
-        return [{"goal-velocity": float(v)} for v in rng.uniform(lo, hi, size=n)]
 
     def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
         return [{**p, "sign-bug": bool(options.get("sign-bug", False))} for p in super().sample_params(n, rng, options)]
