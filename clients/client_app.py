@@ -70,11 +70,11 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
         """Tell the server which task this node owns (and its optimal return, if computable)."""
         cfg = resolve_config(context, overrides)
         worker, _ = _worker(context, cfg, device="cpu")
-        metrics: dict[str, float | int] = {"task-id": worker.spec.task_id}
-        optimal = worker.optimal_return()
+        with worker:
+            metrics: dict[str, float | int] = {"task-id": worker.spec.task_id}
+            optimal = worker.optimal_return()
         if optimal is not None:
             metrics["optimal-return"] = optimal
-        worker.close()
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.train()
@@ -88,9 +88,9 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
             raise ValueError(f"meta-policy from the server does not fit this task's policy: {reason}")
         state = ClientState.load(context, disk)
         server_round = int(msg.content["config"]["server-round"])
-        local_meta, state.personal, metrics, state.optimizer = worker.train_round(meta, state.personal, server_round,
-                                                                                  state.optimizer)
-        worker.close()
+        with worker:  # ends the sampler's envs (and worker processes) on errors too
+            local_meta, state.personal, metrics, state.optimizer = worker.train_round(meta, state.personal,
+                                                                                      server_round, state.optimizer)
         state.save(context, disk)
         metrics["task-id"] = worker.spec.task_id
         content = RecordDict({"arrays": arrays_to_record(local_meta), "metrics": metrics_to_record(metrics)})
@@ -105,13 +105,14 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
         server_round = int(msg.content["config"]["server-round"])
         state = ClientState.load(context, disk)
         metrics: dict[str, float | int] = {"task-id": worker.spec.task_id, "personalized": int(state.personal is not None)}
-        metrics |= worker.evaluate(state.personal if state.personal is not None else meta, server_round, "personal")
-        metrics |= worker.evaluate(meta, server_round, "meta")
-        optimal = worker.optimal_return()
+        with worker:
+            metrics |= worker.evaluate(state.personal if state.personal is not None else meta, server_round,
+                                       "personal")
+            metrics |= worker.evaluate(meta, server_round, "meta")
+            optimal = worker.optimal_return()
         if optimal is not None:
             metrics["optimal-return"] = optimal
         metrics["num-env-steps"] = 2 * cfg.eval.episodes * worker.spec.horizon
-        worker.close()
         return Message(RecordDict({"metrics": metrics_to_record(metrics)}), reply_to=msg)
 
     return app

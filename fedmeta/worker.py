@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -80,13 +81,28 @@ class TaskWorker:
     def __init__(self, cfg: ExperimentConfig, spec: TaskSpec, device: torch.device) -> None:
         self.cfg, self.spec, self.device = cfg, spec, device
         self.family = TASK_FAMILIES.get(spec.family)
-        num_envs = max(cfg.solver.episodes_per_step, cfg.eval.episodes)
-        self.venv = self.family.make_vector_env(spec, num_envs, cfg.client.sampler_workers)
+        self._venv: gym.vector.VectorEnv | None = None
         self.policy = build_policy(cfg, spec).to(device)
         self.solver = SOLVERS.get(cfg.solver.name)(self.policy, cfg.solver, device)
 
+    @property
+    def venv(self) -> gym.vector.VectorEnv:
+        """The task's vector env, built on first use (a query never starts sampler workers)."""
+        if self._venv is None:
+            num_envs = max(self.cfg.solver.episodes_per_step, self.cfg.eval.episodes)
+            self._venv = self.family.make_vector_env(self.spec, num_envs, self.cfg.client.sampler_workers)
+        return self._venv
+
     def close(self) -> None:
-        self.venv.close()
+        if self._venv is not None:
+            self._venv.close()
+            self._venv = None
+
+    def __enter__(self) -> TaskWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def train_round(self, meta: Arrays, personal: Arrays | None, server_round: int,
                     optimizer_state: bytes | None = None) -> tuple[Arrays, Arrays, dict[str, float | int], bytes]:

@@ -91,10 +91,12 @@ def test_a_failing_round_fails_the_run_loudly(tmp_path):
 def test_every_family_runs_in_the_default_experiment(family, tmp_path):
     """Issue 3: any family is selectable in the default experiment by one override."""
     run_dir = tmp_path / "run"
+    # one MuJoCo family also runs its sampler in worker processes inside the Flower clients
+    workers = 2 if family == "walker-params" else 0
     proc = subprocess.run(
         [sys.executable, "-m", "fedmeta", "run", "--run-config",
          f"task.family='{family}' run-dir='{run_dir}' num-server-rounds=1 task.horizon=8 "
-         "solver.episodes-per-step=2 prox.inner-steps=1 eval.episodes=2"],
+         f"solver.episodes-per-step=2 prox.inner-steps=1 eval.episodes=2 client.sampler-workers={workers}"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     config = json.loads((run_dir / "config.json").read_text())
@@ -104,3 +106,4 @@ def test_every_family_runs_in_the_default_experiment(family, tmp_path):
     assert all(math.isfinite(t["personal-return"]) for t in summary["tasks"])
     assert (run_dir / "returns.png").exists()
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert procs.descendants(os.getpid()) == []  # clients, Ray and sampler workers all ended
