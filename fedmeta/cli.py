@@ -28,6 +28,7 @@ from typing import Any
 
 from fedmeta import procs
 from fedmeta.config import ConfigError, ExperimentConfig, Scalar, describe_keys, valid_keys
+from fedmeta.tasks import task_split
 
 DEFAULT_EXPERIMENT = "memrl-grid"
 
@@ -120,8 +121,11 @@ def resolve(experiment: str | None, run_config: list[str]) -> tuple[ExperimentCo
     flat, dropped = apply_overrides(load_preset(experiment or DEFAULT_EXPERIMENT), overrides)
     if dropped:
         print(f"fedmeta: task.family={overrides['task.family']!r}: the preset's family settings "
-              f"{', '.join(dropped)} do not apply and were dropped", file=sys.stderr)
+              f"{', '.join(dropped)} do not apply and were dropped")
     cfg = ExperimentConfig.from_flat(flat)
+    # draw the task split once here: family limits (e.g. Table I's five tasks) fail before Flower starts
+    task_split(cfg.task.family, cfg.task.num_clients, cfg.task.num_test_tasks, cfg.task.seed, cfg.task.horizon,
+               cfg.task.options)
     return cfg, cfg.to_flat()
 
 

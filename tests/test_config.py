@@ -73,6 +73,8 @@ def test_run_config_parsing_follows_flower():
         (["run", "--run-config", "fed.clients-per-round=9"], "valid: 1..3"),
         (["run", "--run-config", "prox.inner-steps=0"], "prox.inner-steps"),
         (["run", "--run-config", "nosuchkey=1"], "unknown key 'nosuchkey'"),
+        (["run", "--run-config", "task.family='cartpole-physics' task.num-clients=6 fed.clients-per-round=2"],
+         "cartpole-physics has 5 fixed tasks"),
     ],
 )
 def test_cli_rejects_bad_config_before_flower_starts(args, needle, tmp_path):
