@@ -18,6 +18,13 @@ from fedmeta.results import read_jsonl
 from fedmeta.tasks import TASK_FAMILIES
 
 
+def _new_descendants(before: set[int]) -> list[int]:
+    """Live descendants of this test process that were not there before the command ran
+    (e.g. multiprocessing's resource tracker, started by an earlier in-process sampler test,
+    lives as long as pytest and is not the command's)."""
+    return [pid for pid in procs.descendants(os.getpid()) if pid not in before]
+
+
 def _ray_processes_of(tmp_prefix: str) -> list[str]:
     out = subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if tmp_prefix in line]
@@ -31,6 +38,7 @@ def test_smoke_run_completes_and_only_arrays_and_scalars_leave_clients(tmp_path)
     # from other runs on the machine; short, because Ray's socket paths must fit in 107 bytes.
     private_tmp = Path(tempfile.mkdtemp(prefix="fmt-", dir="/tmp"))
     env = {**os.environ, "FEDMETA_AUDIT_FILE": str(audit), "TMPDIR": str(private_tmp)}
+    before = set(procs.descendants(os.getpid()))
     proc = subprocess.run(
         [sys.executable, "-m", "fedmeta", "run", "point-nav-smoke", "--no-plots",
          "--run-config", f"run-dir='{run_dir}' eval.every=1"],
@@ -63,7 +71,7 @@ def test_smoke_run_completes_and_only_arrays_and_scalars_leave_clients(tmp_path)
         else:
             assert entry["arrays"] == {}
 
-    assert procs.descendants(os.getpid()) == []
+    assert _new_descendants(before) == []
     assert _ray_processes_of(str(private_tmp)) == []
     # the run's temporary FLWR_HOME and Ray session are gone (torch may leave its own cache there)
     assert [p.name for p in private_tmp.iterdir() if p.name.startswith("fedmeta-")] == []
@@ -73,6 +81,7 @@ def test_smoke_run_completes_and_only_arrays_and_scalars_leave_clients(tmp_path)
 @pytest.mark.slow
 def test_a_failing_round_fails_the_run_loudly(tmp_path):
     # min-replies = 2 of 2 sampled, and a device no client has: every train reply is an error
+    before = set(procs.descendants(os.getpid()))
     proc = subprocess.run(
         [sys.executable, "-m", "fedmeta", "run", "point-nav-smoke", "--no-plots",
          "--run-config", f"run-dir='{tmp_path}' fed.min-replies=2 client.device='cuda:7' fed.round-timeout=120"],
@@ -83,7 +92,7 @@ def test_a_failing_round_fails_the_run_loudly(tmp_path):
     assert not (tmp_path / "summary.json").exists()
     rejections = read_jsonl(tmp_path / "rejections.jsonl")
     assert rejections and all("CUDA is not available" in r["reason"] or "cuda" in r["reason"] for r in rejections)
-    assert procs.descendants(os.getpid()) == []
+    assert _new_descendants(before) == []
 
 
 @pytest.mark.slow
@@ -91,6 +100,7 @@ def test_a_failing_round_fails_the_run_loudly(tmp_path):
 def test_every_family_runs_in_the_default_experiment(family, tmp_path):
     """Issue 3: any family is selectable in the default experiment by one override."""
     run_dir = tmp_path / "run"
+    before = set(procs.descendants(os.getpid()))
     # one MuJoCo family also runs its sampler in worker processes inside the Flower clients
     workers = 2 if family == "walker-params" else 0
     proc = subprocess.run(
@@ -106,4 +116,4 @@ def test_every_family_runs_in_the_default_experiment(family, tmp_path):
     assert all(math.isfinite(t["personal-return"]) for t in summary["tasks"])
     assert (run_dir / "returns.png").exists()
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
-    assert procs.descendants(os.getpid()) == []  # clients, Ray and sampler workers all ended
+    assert _new_descendants(before) == []  # clients, Ray and sampler workers all ended
