@@ -1,8 +1,9 @@
 """Fixed-horizon episode collection with one batched policy forward per time step.
 
 Every env of the vector env runs exactly one episode per pass, in lock-step, for
-``horizon`` steps (or until all of them have ended).  A step counts (mask 1) only while its episode is still running, so the
-autoreset that follows a termination never leaks a reward or observation into the batch.
+``horizon`` steps (or until all of them have ended).  A step counts (mask 1) only while its
+episode is still running, so the autoreset that follows a termination never leaks a reward or
+observation into the batch.
 """
 
 from __future__ import annotations
