@@ -4,8 +4,11 @@ Handlers are thin: parse config, pick the task from ``node_config``, call
 :class:`fedmeta.worker.TaskWorker`, convert records.  A reply holds only the auxiliary
 model's parameter arrays (same keys and shapes as the meta-policy) and scalar metrics.
 
-Task selection (first match in ``node_config``): ``task-spec`` (a TaskSpec JSON string),
-``task-id`` (index into the run's training tasks), ``partition-id`` (simulation).
+Task selection (first match in ``node_config``): ``task-spec`` (a TaskSpec JSON string; with
+``test-task=true`` it is a held-out task), ``test-task-id`` (index into the run's held-out
+tasks), ``task-id`` (index into the run's training tasks), ``partition-id`` (simulation:
+0..N-1 are the training tasks, N.. the held-out ones).  A held-out (test) node never trains:
+at evaluation rounds it runs the meta-test (adaptation curve from the meta-policy).
 Device: ``node_config["device"]`` if given, else ``client.device`` (``auto`` = cuda if present).
 """
 
@@ -26,7 +29,7 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.records import arrays_to_record, metrics_to_record, record_to_arrays
 from fedmeta.tasks import TaskSpec
 from fedmeta.validation import check_update
-from fedmeta.worker import TaskWorker, resolve_device, tasks_of, to_numpy
+from fedmeta.worker import TaskWorker, initial_meta_policy, resolve_device, tasks_of, to_numpy
 
 
 @functools.lru_cache(maxsize=8)
@@ -39,26 +42,37 @@ def resolve_config(context: Context, overrides: Mapping[str, object] | None) -> 
     return _parse(json.dumps(flat, sort_keys=True))
 
 
-def task_for_node(node_config: Mapping[str, object], cfg: ExperimentConfig) -> TaskSpec:
-    """The task this node owns, from its node config (see module docstring)."""
+def task_for_node(node_config: Mapping[str, object], cfg: ExperimentConfig) -> tuple[TaskSpec, str]:
+    """The task this node owns and its role, ``"train"`` or ``"test"`` (see module docstring)."""
+    train, test = tasks_of(cfg)
     if "task-spec" in node_config:
-        return TaskSpec.from_json(str(node_config["task-spec"]))
-    train, _ = tasks_of(cfg)
-    for key in ("task-id", "partition-id"):
-        if key in node_config:
-            index = int(node_config[key])  # type: ignore[call-overload]
-            if not 0 <= index < len(train):
-                raise ValueError(f"node config {key}={index} is out of range; valid: 0..{len(train) - 1} (task.num-clients)")
-            return train[index]
-    raise ValueError("node config names no task: set task-id=N (or task-spec='<json>'; partition-id in simulation)")
+        role = "test" if bool(node_config.get("test-task", False)) else "train"
+        return TaskSpec.from_json(str(node_config["task-spec"])), role
+    if "test-task-id" in node_config:
+        return _indexed(test, "test-task-id", int(node_config["test-task-id"]), "task.num-test-tasks"), "test"  # type: ignore[call-overload]
+    if "task-id" in node_config:
+        return _indexed(train, "task-id", int(node_config["task-id"]), "task.num-clients"), "train"  # type: ignore[call-overload]
+    if "partition-id" in node_config:
+        index = int(node_config["partition-id"])  # type: ignore[call-overload]
+        if index >= len(train):
+            return _indexed(test, "partition-id", index - len(train), "task.num-test-tasks"), "test"
+        return _indexed(train, "partition-id", index, "task.num-clients"), "train"
+    raise ValueError("node config names no task: set task-id=N or test-task-id=N (or task-spec='<json>'; "
+                     "partition-id in simulation)")
+
+
+def _indexed(specs: list[TaskSpec], key: str, index: int, count_key: str) -> TaskSpec:
+    if not 0 <= index < len(specs):
+        raise ValueError(f"node config {key}={index} is out of range; valid: 0..{len(specs) - 1} ({count_key})")
+    return specs[index]
 
 
 def _worker(context: Context, cfg: ExperimentConfig, device: str | None = None) -> tuple[TaskWorker, Path | None]:
     torch.set_num_threads(cfg.client.num_threads)
-    spec = task_for_node(context.node_config, cfg)
+    spec, role = task_for_node(context.node_config, cfg)
     device = resolve_device(device or str(context.node_config.get("device", cfg.client.device)))
-    disk = Path(cfg.client.state_dir) / f"task-{spec.task_id}.npz" if cfg.client.state_dir else None
-    return TaskWorker(cfg, spec, device), disk
+    disk = Path(cfg.client.state_dir) / f"task-{spec.task_id}.npz" if cfg.client.state_dir and role == "train" else None
+    return TaskWorker(cfg, spec, device, role), disk
 
 
 def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
@@ -67,11 +81,11 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        """Tell the server which task this node owns (and its optimal return, if computable)."""
+        """Tell the server which task this node owns, whether it is held out, and its optimal return."""
         cfg = resolve_config(context, overrides)
         worker, _ = _worker(context, cfg, device="cpu")
         with worker:
-            metrics: dict[str, float | int] = {"task-id": worker.spec.task_id}
+            metrics: dict[str, float | int] = {"task-id": worker.spec.task_id, "test-task": int(worker.role == "test")}
             optimal = worker.optimal_return()
         if optimal is not None:
             metrics["optimal-return"] = optimal
@@ -79,9 +93,11 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        """One personalization round (MEMRL Alg. 1 steps 6-8 on this task); returns w_i."""
+        """One local round of the client algorithm (MEMRL: Alg. 1 steps 6-8 on this task); returns its upload."""
         cfg = resolve_config(context, overrides)
         worker, disk = _worker(context, cfg)
+        if worker.role == "test":
+            raise RuntimeError(f"held-out task {worker.spec.task_id} received a train message; test tasks never train")
         meta = record_to_arrays(msg.content["arrays"])
         reason = check_update(to_numpy(worker.policy.state_dict()), meta, {}, set())
         if reason is not None:
@@ -89,30 +105,41 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
         state = ClientState.load(context, disk)
         server_round = int(msg.content["config"]["server-round"])
         with worker:  # ends the sampler's envs (and worker processes) on errors too
-            local_meta, state.personal, metrics, state.optimizer = worker.train_round(meta, state.personal,
-                                                                                      server_round, state.optimizer)
+            upload, state.personal, metrics, state.optimizer = worker.train_round(meta, state.personal, server_round,
+                                                                                  state.optimizer)
         state.save(context, disk)
         metrics["task-id"] = worker.spec.task_id
-        content = RecordDict({"arrays": arrays_to_record(local_meta), "metrics": metrics_to_record(metrics)})
+        content = RecordDict({"arrays": arrays_to_record(upload), "metrics": metrics_to_record(metrics)})
         return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        """Returns of the personalized policy θ_i and of the received meta-policy w on this task."""
+        """Training task: returns of its personalized policy and of the meta-policy w.  Held-out task:
+        the meta-test adaptation curve from w (and from w⁰ when the server asks for the reference)."""
         cfg = resolve_config(context, overrides)
         worker, disk = _worker(context, cfg)
         meta = record_to_arrays(msg.content["arrays"])
-        server_round = int(msg.content["config"]["server-round"])
-        state = ClientState.load(context, disk)
-        metrics: dict[str, float | int] = {"task-id": worker.spec.task_id, "personalized": int(state.personal is not None)}
+        config = msg.content["config"]
+        server_round = int(config["server-round"])
+        metrics: dict[str, float | int] = {"task-id": worker.spec.task_id, "test-task": int(worker.role == "test")}
         with worker:
-            metrics |= worker.evaluate(state.personal if state.personal is not None else meta, server_round,
-                                       "personal")
-            metrics |= worker.evaluate(meta, server_round, "meta")
+            if worker.role == "test":
+                metrics |= worker.adaptation_curve(meta, server_round, "adapt")
+                if int(config.get("reference", 0)):
+                    metrics |= worker.adaptation_curve(initial_meta_policy(cfg), server_round, "init-adapt")
+            else:
+                state = ClientState.load(context, disk)
+                personal = state.personal
+                if personal is None:  # no personalized policy (yet): the algorithm's adaptation of w
+                    policies, _ = worker.adapt(meta, server_round, "personal")
+                    personal = policies[-1]
+                metrics["personal-adapted"] = int(state.personal is None)
+                metrics |= worker.evaluate(personal, server_round, "personal")
+                metrics |= worker.evaluate(meta, server_round, "meta")
             optimal = worker.optimal_return()
         if optimal is not None:
             metrics["optimal-return"] = optimal
-        metrics["num-env-steps"] = 2 * cfg.eval.episodes * worker.spec.horizon
+        metrics["num-env-steps"] = worker.eval_env_steps
         return Message(RecordDict({"metrics": metrics_to_record(metrics)}), reply_to=msg)
 
     return app

@@ -53,8 +53,19 @@ def _audit(reply: Message) -> None:
         fh.write(json.dumps(entry) + "\n")
 
 
+def _audit_incoming(msg: Message, context: Context) -> None:
+    path = os.environ.get(AUDIT_ENV)
+    if not path:
+        return
+    node = {k: context.node_config[k] for k in ("partition-id", "task-id", "test-task-id") if k in context.node_config}
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"incoming": msg.metadata.message_type, "node": node}) + "\n")
+
+
 def contract_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Check (and, when ``FEDMETA_AUDIT_FILE`` is set, log the shape of) every outgoing reply."""
+    """Check (and, when ``FEDMETA_AUDIT_FILE`` is set, log the shape of) every outgoing reply;
+    the audit also logs which node received which message type."""
+    _audit_incoming(msg, context)
     reply = call_next(msg, context)
     reason = contract_violation(reply)
     if reason is not None:

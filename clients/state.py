@@ -1,4 +1,4 @@
-"""A client's private state: θ_i (personalized policy) and the inner optimizer's state.
+"""A client's private state: θ_i (personalized policy, if the algorithm keeps one) and its optimizers' state.
 
 It lives in ``context.state`` (per run, in memory) and, when ``client.state-dir`` is set,
 also on the node's disk (atomic writes), so a restarted SuperNode resumes its θ_i.
@@ -29,25 +29,27 @@ class ClientState:
     @classmethod
     def load(cls, context: Context, disk_path: Path | None = None) -> ClientState:
         state = context.state
-        if PERSONAL_KEY in state:
+        if PERSONAL_KEY in state or OPTIMIZER_KEY in state:
+            personal = record_to_arrays(state[PERSONAL_KEY]) if PERSONAL_KEY in state else None
             optimizer = record_to_bytes(state[OPTIMIZER_KEY]) if OPTIMIZER_KEY in state else None
-            return cls(record_to_arrays(state[PERSONAL_KEY]), optimizer)
+            return cls(personal, optimizer)
         if disk_path is not None and disk_path.exists():
             with np.load(disk_path) as data:
-                personal = {k[len("p:"):]: data[k] for k in data.files if k.startswith("p:")}
+                personal = {k[len("p:"):]: data[k] for k in data.files if k.startswith("p:")} or None
                 optimizer = data["optimizer"].tobytes() if "optimizer" in data.files else None
             return cls(personal, optimizer)
         return cls()
 
     def save(self, context: Context, disk_path: Path | None = None) -> None:
-        if self.personal is None:
+        if self.personal is None and self.optimizer is None:
             return
-        context.state[PERSONAL_KEY] = arrays_to_record(self.personal)
+        if self.personal is not None:
+            context.state[PERSONAL_KEY] = arrays_to_record(self.personal)
         if self.optimizer is not None:
             context.state[OPTIMIZER_KEY] = bytes_to_record(self.optimizer)
         if disk_path is not None:
             buf = io.BytesIO()
-            payload = {f"p:{k}": v for k, v in self.personal.items()}
+            payload = {f"p:{k}": v for k, v in (self.personal or {}).items()}
             if self.optimizer is not None:
                 payload["optimizer"] = np.frombuffer(self.optimizer, dtype=np.uint8)
             np.savez(buf, **payload)

@@ -1,7 +1,9 @@
 """The ``fedmeta`` command: run experiment presets on Flower's local simulation runtime.
 
     fedmeta list                                  presets with their one-line description
-    fedmeta run [EXPERIMENT] [--run-config "k=v k2=v2" | --run-config file.toml]
+    fedmeta run [EXPERIMENT] [--run-config "k=v k2=v2" | --run-config file.toml] [--seeds 0-4]
+    fedmeta compare RUN_DIR... [--out DIR] [--group-by algorithm]   methods x metrics, bootstrap CIs
+    fedmeta plot RUN_DIR...                       (re)draw a run's plots
     fedmeta keys                                  every config key with default and meaning
 
 The config is resolved and validated here, before any Flower or Ray process starts; a bad
@@ -28,6 +30,7 @@ from typing import Any
 
 from fedmeta import procs
 from fedmeta.config import ConfigError, ExperimentConfig, Scalar, describe_keys, valid_keys
+from fedmeta.results import default_run_dir
 from fedmeta.tasks import task_split
 
 DEFAULT_EXPERIMENT = "memrl-grid"
@@ -124,7 +127,7 @@ def resolve(experiment: str | None, run_config: list[str]) -> tuple[ExperimentCo
               f"{', '.join(dropped)} do not apply and were dropped")
     cfg = ExperimentConfig.from_flat(flat)
     # draw the task split once here: family limits (e.g. Table I's five tasks) fail before Flower starts
-    task_split(cfg.task.family, cfg.task.num_clients, cfg.task.num_test_tasks, cfg.task.seed, cfg.task.horizon,
+    task_split(cfg.task.family, cfg.task.num_clients, cfg.task.num_test_tasks, cfg.task_seed, cfg.task.horizon,
                cfg.task.options)
     return cfg, cfg.to_flat()
 
@@ -168,17 +171,59 @@ def run_simulation_child(flat: dict[str, Scalar], run_dir: Path) -> int:
             procs.end_tree(grace=5.0)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"``, ``"0,2,7"`` or ``"3"`` → the seeds, in order, without repeats."""
+    seeds: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, sep, high = part.partition("-")
+        try:
+            span = range(int(low), int(high) + 1) if sep else range(int(low), int(low) + 1)
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r} is invalid; valid: a range like 0-4 or a list like 0,2,7") from None
+        seeds += [s for s in span if s not in seeds]
+    if not seeds or min(seeds) < 0:
+        raise ConfigError(f"--seeds {text!r} is invalid; valid: non-negative seeds like 0-4 or 0,2,7")
+    return seeds
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg, flat = resolve(args.experiment, args.run_config)
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.output_dir) / (
-        f"{cfg.experiment}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}")
-    run_dir = run_dir.resolve()
+    if not args.seeds:
+        cfg, flat = resolve(args.experiment, args.run_config)
+        run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg.output_dir, cfg.experiment, cfg.algorithm,
+                                                                        cfg.seed)
+        return run_one(cfg, flat, run_dir.resolve(), plots=not args.no_plots)
+    seeds = parse_seeds(args.seeds)
+    runs = []
+    for seed in seeds:  # resolve every seed first: a bad value fails before anything runs
+        cfg, flat = resolve(args.experiment, [*args.run_config, f"seed={seed}"])
+        runs.append((cfg, flat))
+    first = runs[0][0]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    parent = Path(first.run_dir) if first.run_dir else Path(first.output_dir) / f"{first.experiment}-{first.algorithm}-{stamp}"
+    parent = parent.resolve()
+    print(f"fedmeta: {len(seeds)} seeds {seeds} -> {parent}/s<seed>", flush=True)
+    for cfg, flat in runs:
+        code = run_one(cfg, flat, parent / f"s{cfg.seed}", plots=not args.no_plots)
+        if code != 0:
+            return code
+    from fedmeta.report import compare, format_markdown
+
+    result = compare([parent / f"s{cfg.seed}" for cfg, _ in runs], parent / "comparison")
+    print(format_markdown(result))
+    print(f"fedmeta: comparison over seeds {seeds} in {parent / 'comparison'}")
+    return 0
+
+
+def run_one(cfg: ExperimentConfig, flat: dict[str, Scalar], run_dir: Path, plots: bool = True) -> int:
+    """Run one resolved experiment into ``run_dir``; print its summary table and plots."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    flat = dict(flat)
     flat["run-dir"] = str(run_dir)
     if not flat.get("client.state-dir"):
         flat["client.state-dir"] = str(run_dir / "clients")
-    print(f"fedmeta: running {cfg.experiment!r} ({cfg.task.family}, {cfg.task.num_clients} clients, "
-          f"{cfg.num_server_rounds} rounds, seed {cfg.seed}) -> {run_dir}", flush=True)
+    print(f"fedmeta: running {cfg.experiment!r} ({cfg.algorithm}, {cfg.task.family}, {cfg.task.num_clients} clients"
+          f" + {cfg.task.num_test_tasks} held out, {cfg.num_server_rounds} rounds, seed {cfg.seed}) -> {run_dir}",
+          flush=True)
     code = run_simulation_child(flat, run_dir)
     if code != 0:
         print(f"fedmeta: the simulation failed (exit {code}); partial results in {run_dir}", file=sys.stderr)
@@ -187,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedmeta.summary import format_table
 
     print(format_table(summary))
-    if not args.no_plots:
+    if plots:
         from fedmeta.plots import plot_run
 
         for path in plot_run(run_dir):
@@ -218,7 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--run-config", action="append", default=[], metavar="OVERRIDES",
                      help="Flower-style overrides \"key=value ...\" (TOML values) or a .toml file; repeatable")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    run.add_argument("--seeds", metavar="SEEDS", help="run these seeds one after another (e.g. 0-4 or 0,2,7; each "
+                     "seed also draws the task split unless task.seed is set) and compare them with 95%% CIs")
     run.set_defaults(func=cmd_run)
+    from fedmeta.report import add_compare_parser, add_plot_parser
+
+    add_compare_parser(sub)
+    add_plot_parser(sub)
     sub.add_parser("list", help="list experiment presets").set_defaults(func=cmd_list)
     sub.add_parser("keys", help="list every config key").set_defaults(func=cmd_keys)
     args = parser.parse_args(argv)

@@ -35,7 +35,7 @@ class TaskConfig:
     num_clients: int = field(default=3, metadata=_doc("training tasks = clients (SuperNodes)"))
     num_test_tasks: int = field(default=0, metadata=_doc("held-out tasks, never trained on"))
     horizon: int = field(default=0, metadata=_doc("episode length H; 0 = the family's default"))
-    seed: int = field(default=0, metadata=_doc("seed of the task sampler (independent of the run seed)"))
+    seed: int = field(default=-1, metadata=_doc("seed of the task split; -1 = the run seed (seeds then vary the task draw)"))
     options: Mapping[str, Scalar] = field(
         default_factory=dict, metadata=_doc("family-specific keys, e.g. task.size for grid-nav")
     )
@@ -71,7 +71,7 @@ class ProxConfig:
     lam: float = field(default=2.0, metadata=_doc("lambda in lambda/2 ||theta - w||^2"))
     inner_steps: int = field(default=8, metadata=_doc("K: ascent steps on F~_i per local round"))
     outer_lr: float = field(default=0.1, metadata=_doc("eta in w_i <- w - eta*lambda*(w - theta_i)"))
-    local_rounds: int = field(default=1, metadata=_doc("R: local rounds per server round"))
+    local_rounds: int = field(default=1, metadata=_doc("R: local rounds per server round (memrl with R > 1 is pFedMe)"))
     tol: float = field(default=0.0, metadata=_doc("nu: stop early when ||grad F~_i|| <= nu; 0 = off"))
     init: str = field(default="personal", metadata=_doc("personal (warm start from theta_i) | meta (from w)"))
 
@@ -81,7 +81,9 @@ class FedConfig:
     """Server side: sampling, validation and aggregation of auxiliary models."""
 
     strategy: str = field(default="memrl", metadata=_doc("server strategy (server.strategies registry)"))
-    beta: float = field(default=1.0, metadata=_doc("beta in w <- (1-beta) w + beta mean(w_i)"))
+    server_optimizer: str = field(default="sgd", metadata=_doc("server step on the pseudo-gradient g = agg - w (or the mean meta-gradient): sgd | adam"))
+    beta: float = field(default=1.0, metadata=_doc("sgd server step size beta: w <- w + beta g = (1-beta) w + beta agg"))
+    server_lr: float = field(default=0.01, metadata=_doc("adam server step size (fed.server-optimizer='adam')"))
     clients_per_round: int = field(default=2, metadata=_doc("B: clients sampled per round"))
     min_replies: int = field(default=1, metadata=_doc("fail the round below this many valid replies"))
     aggregator: str = field(default="mean", metadata=_doc("aggregation rule (fedmeta.aggregation registry)"))
@@ -95,7 +97,9 @@ class EvalConfig:
     """Periodic federated evaluation of personalized and meta policies."""
 
     every: int = field(default=10, metadata=_doc("evaluate every k rounds (and always the last)"))
-    episodes: int = field(default=10, metadata=_doc("Monte-Carlo episodes per evaluated policy"))
+    episodes: int = field(default=10, metadata=_doc("Monte-Carlo evaluation episodes per evaluated policy (never adapted on)"))
+    adapt_steps: int = field(default=3, metadata=_doc("meta-test: adaptation steps k on held-out tasks (returns after 0..k)"))
+    adapt_lr: float = field(default=0.0, metadata=_doc("meta-test adaptation step size; 0 = solver.lr"))
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ class ExperimentConfig:
     """One experiment: top-level keys plus one dataclass per section."""
 
     experiment: str = field(default="memrl-grid", metadata=_doc("preset name, recorded in results"))
+    algorithm: str = field(default="memrl", metadata=_doc("client algorithm: memrl (pFedMe with prox.local-rounds > 1), independent, fedavg, fedavg-ft, fedprox, ditto"))
     num_server_rounds: int = field(default=120, metadata=_doc("federated rounds T"))
     seed: int = field(default=0, metadata=_doc("run seed: policy init, sampling, client streams"))
     output_dir: str = field(default="results", metadata=_doc("parent directory of result directories"))
@@ -202,10 +207,13 @@ class ExperimentConfig:
     def validate(self) -> None:
         """Check values and cross-field constraints; raise :class:`ConfigError` on the first problem."""
         from fedmeta.aggregation import AGGREGATORS
-        from fedmeta.algorithms import SOLVERS
+        from fedmeta.algorithms import CLIENT_ALGORITHMS, SOLVERS
         from fedmeta.tasks import TASK_FAMILIES
 
         _positive("num-server-rounds", self.num_server_rounds)
+        _at_least("seed", self.seed, 0)
+        _choice("algorithm", self.algorithm, CLIENT_ALGORITHMS.names())
+        _at_least("task.seed", self.task.seed, -1)
         _choice("task.family", self.task.family, TASK_FAMILIES.names())
         _positive("task.num-clients", self.task.num_clients)
         _at_least("task.num-test-tasks", self.task.num_test_tasks, 0)
@@ -250,6 +258,10 @@ class ExperimentConfig:
         _positive("fed.round-timeout", self.fed.round_timeout)
         _positive("eval.every", self.eval.every)
         _positive("eval.episodes", self.eval.episodes)
+        _at_least("eval.adapt-steps", self.eval.adapt_steps, 0)
+        _at_least("eval.adapt-lr", self.eval.adapt_lr, 0.0)
+        _choice("fed.server-optimizer", self.fed.server_optimizer, ["adam", "sgd"])
+        _positive("fed.server-lr", self.fed.server_lr)
         device = self.client.device
         if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
             raise ConfigError(f"client.device={device!r} is invalid; valid: auto, cpu, cuda, cuda:N")
@@ -258,6 +270,11 @@ class ExperimentConfig:
         _positive("simulation.num-cpus", self.simulation.num_cpus)
         _positive("simulation.client-cpus", self.simulation.client_cpus)
         _at_least("simulation.client-gpus", self.simulation.client_gpus, 0.0)
+
+    @property
+    def task_seed(self) -> int:
+        """The seed of the task split: ``task.seed``, or the run seed when it is -1."""
+        return self.seed if self.task.seed == -1 else self.task.seed
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:

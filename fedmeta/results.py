@@ -27,6 +27,14 @@ import numpy as np
 PACKAGES = ("fedmeta", "flwr", "torch", "gymnasium", "mujoco", "numpy", "ray")
 
 
+def default_run_dir(output_dir: str | Path, experiment: str, algorithm: str, seed: int, stamp: str | None = None) -> Path:
+    """``<output-dir>/<experiment>-<algorithm>-<time>-s<seed>``: the run directory when ``run-dir`` is unset."""
+    from datetime import datetime
+
+    stamp = stamp or datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(output_dir) / f"{experiment}-{algorithm}-{stamp}-s{seed}"
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages a result depends on, plus Python."""
     out = {"python": platform.python_version()}

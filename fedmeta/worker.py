@@ -14,8 +14,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from fedmeta.algorithms import SOLVERS
-from fedmeta.algorithms.meta import load_params, moreau_round
+from fedmeta.algorithms import CLIENT_ALGORITHMS, SOLVERS, PrivateState
+from fedmeta.algorithms.client import load_params
 from fedmeta.config import ExperimentConfig
 from fedmeta.policies import Policy, make_policy
 from fedmeta.rollouts import collect_episodes, discounted_return
@@ -64,7 +64,7 @@ def initial_meta_policy(cfg: ExperimentConfig) -> Arrays:
 def tasks_of(cfg: ExperimentConfig) -> tuple[list[TaskSpec], list[TaskSpec]]:
     """The run's (training, held-out) task specs, identical in every process."""
     t = cfg.task
-    return task_split(t.family, t.num_clients, t.num_test_tasks, t.seed, t.horizon, t.options)
+    return task_split(t.family, t.num_clients, t.num_test_tasks, cfg.task_seed, t.horizon, t.options)
 
 
 def to_numpy(state: Mapping[str, torch.Tensor]) -> Arrays:
@@ -76,14 +76,20 @@ def to_torch(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict[str
 
 
 class TaskWorker:
-    """A client's task, env, policy and solver on one device."""
+    """A client's task, env, policy, solver and client algorithm on one device.
 
-    def __init__(self, cfg: ExperimentConfig, spec: TaskSpec, device: torch.device) -> None:
-        self.cfg, self.spec, self.device = cfg, spec, device
+    ``role`` is ``"train"`` for a training task (a client that trains) or ``"test"`` for a
+    held-out task (a client that only adapts at meta-test and never trains).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, spec: TaskSpec, device: torch.device, role: str = "train") -> None:
+        self.cfg, self.spec, self.device, self.role = cfg, spec, device, role
         self.family = TASK_FAMILIES.get(spec.family)
         self._venv: gym.vector.VectorEnv | None = None
         self.policy = build_policy(cfg, spec).to(device)
         self.solver = SOLVERS.get(cfg.solver.name)(self.policy, cfg.solver, device)
+        self.algorithm = CLIENT_ALGORITHMS.get(cfg.algorithm)(cfg, self.solver)
+        self.eval_env_steps = 0  # env steps spent by evaluate / adapt (not training budget)
 
     @property
     def venv(self) -> gym.vector.VectorEnv:
@@ -104,25 +110,36 @@ class TaskWorker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def train_round(self, meta: Arrays, personal: Arrays | None, server_round: int,
-                    optimizer_state: bytes | None = None) -> tuple[Arrays, Arrays, dict[str, float | int], bytes]:
-        """One personalization round from the meta-policy ``meta``.
+    def _stream(self, *keys: int | str) -> int:
+        """A seed of this task's stream ``keys``; held-out tasks have streams of their own."""
+        prefix: tuple[int | str, ...] = ("test",) if self.role == "test" else ()
+        return stream_seed(self.cfg.seed, *prefix, self.spec.task_id, *keys)
 
-        Returns (w_i, θ_i, metrics, optimizer state); θ_i and the optimizer state stay on the client.
+    def train_round(self, meta: Arrays, personal: Arrays | None, server_round: int,
+                    optimizer_state: bytes | None = None) -> tuple[Arrays, Arrays | None, dict[str, float | int], bytes]:
+        """One local round of the client algorithm from the meta-policy ``meta``.
+
+        Returns (upload, personalized policy or None, metrics, optimizer state); everything but
+        the upload and the metrics stays on the client.
         """
-        self.solver.load_optimizer_state(None if optimizer_state is None else _load_bytes(optimizer_state))
-        seed = stream_seed(self.cfg.seed, self.spec.task_id, server_round, "train")
-        w = to_torch(meta, self.device)
-        theta = to_torch(personal, self.device) if personal is not None else None
-        local_meta, theta_new, report = moreau_round(self.solver, self.venv, self.spec.horizon, w, theta,
-                                                     self.cfg.prox, seed)
-        return to_numpy(local_meta), to_numpy(theta_new), report.as_metrics(), _dump_bytes(self.solver.optimizer_state())
+        if self.role != "train":
+            raise RuntimeError(f"held-out task {self.spec.task_id} never trains (meta-test only)")
+        state = PrivateState(to_torch(personal, self.device) if personal is not None else None,
+                             _load_bytes(optimizer_state) if optimizer_state is not None else {})
+        upload, new_state, report = self.algorithm.train(self.venv, self.spec.horizon, to_torch(meta, self.device),
+                                                         state, self._stream(server_round, "train"))
+        new_personal = to_numpy(new_state.personal) if new_state.personal is not None else None
+        return to_numpy(upload), new_personal, report.as_metrics(), _dump_bytes(new_state.optimizers)
 
     def evaluate(self, params: Arrays, server_round: int, label: str) -> dict[str, float]:
-        """Returns of the stochastic policy ``params``: Monte-Carlo and, where the family can, exact."""
+        """Returns of the stochastic policy ``params``: Monte-Carlo and, where the family can, exact.
+
+        The evaluation episodes come from their own stream ("eval", ``label``), never used to adapt.
+        """
         load_params(self.policy, to_torch(params, self.device))
-        seed = stream_seed(self.cfg.seed, self.spec.task_id, server_round, "eval", label)
+        seed = self._stream(server_round, "eval", label)
         batch = collect_episodes(self.policy, self.venv, self.cfg.eval.episodes, self.spec.horizon, seed, self.device)
+        self.eval_env_steps += batch.num_steps
         gamma = self.cfg.solver.gamma
         out = {
             f"{label}-return": float(discounted_return(batch.rewards, batch.masks, gamma).mean()),
@@ -131,6 +148,32 @@ class TaskWorker:
         exact = self.family.exact_return(self.spec, self.policy, gamma)
         if exact is not None:
             out[f"{label}-exact-return"] = exact
+        return out
+
+    def adapt(self, params: Arrays, server_round: int, label: str, steps: int | None = None) -> tuple[list[Arrays], int]:
+        """The client algorithm's adaptation from ``params``: policies after 0..k steps, env steps used.
+
+        The adaptation episodes come from the stream ("adapt", ``label``), disjoint from evaluation's.
+        """
+        k = self.cfg.eval.adapt_steps if steps is None else steps
+        policies, env_steps = self.algorithm.adapt(self.venv, self.spec.horizon, to_torch(params, self.device), k,
+                                                   self._stream(server_round, "adapt", label))
+        self.eval_env_steps += env_steps
+        return [to_numpy(p) for p in policies], env_steps
+
+    def adaptation_curve(self, params: Arrays, server_round: int, label: str = "adapt") -> dict[str, float]:
+        """Meta-test: ``<label>-<j>-return`` (and undiscounted / exact) after j = 0..k adaptation steps
+        from ``params``, each measured on fresh evaluation episodes, plus ``<label>-env-steps``."""
+        policies, env_steps = self.adapt(params, server_round, label)
+        out: dict[str, float] = {f"{label}-env-steps": float(env_steps)}
+        first: dict[str, float] = {}
+        for j, policy in enumerate(policies):
+            if j > 0 and self.algorithm.adaptation == "none":  # the same policy: the same measurement
+                out |= {key.replace(f"{label}-0-", f"{label}-{j}-"): v for key, v in first.items()}
+                continue
+            metrics = self.evaluate(policy, server_round, f"{label}-{j}")
+            first = first or metrics
+            out |= metrics
         return out
 
     def optimal_return(self) -> float | None:

@@ -32,3 +32,7 @@ class Progress:
             else:
                 parts.append(f"t{row['task-id']} {value:.3f}")
         self._print(f"eval  {server_round:>4}/{self.num_rounds}  personal return: " + ", ".join(parts))
+
+    def meta_test(self, server_round: int, curve: list[float]) -> None:
+        steps = "  ".join(f"{j}:{value:.3f}" for j, value in enumerate(curve))
+        self._print(f"test  {server_round:>4}/{self.num_rounds}  held-out return after k adaptation steps  {steps}")

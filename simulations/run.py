@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     }
     try:
         run_simulation(server_app=server.server_app.make_app(flat), client_app=clients.client_app.make_app(flat),
-                       num_supernodes=cfg.task.num_clients, backend_config=backend_config)
+                       num_supernodes=cfg.task.num_clients + cfg.task.num_test_tasks, backend_config=backend_config)
     except Exception as exc:  # the ServerApp's error, re-raised by the engine: one clear line, non-zero exit
         print(f"fedmeta: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

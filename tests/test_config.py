@@ -75,6 +75,12 @@ def test_run_config_parsing_follows_flower():
         (["run", "--run-config", "nosuchkey=1"], "unknown key 'nosuchkey'"),
         (["run", "--run-config", "task.family='cartpole-physics' task.num-clients=6 fed.clients-per-round=2"],
          "cartpole-physics has 5 fixed tasks"),
+        (["run", "--run-config", "algorithm='maml2'"], "choose from ditto, fedavg, fedavg-ft, fedprox, independent, memrl"),
+        (["run", "--run-config", "fed.server-optimizer='lamb'"], "choose from adam, sgd"),
+        (["run", "--run-config", "eval.adapt-steps=-1"], "eval.adapt-steps"),
+        (["run", "--run-config", "task.seed=-2"], "task.seed"),
+        (["run", "--seeds", "0-x"], "--seeds '0-x' is invalid"),
+        (["run", "--seeds", "0-4", "--run-config", "prox.lam=0"], "prox.lam=0"),
     ],
 )
 def test_cli_rejects_bad_config_before_flower_starts(args, needle, tmp_path):
@@ -109,3 +115,20 @@ def test_switching_family_drops_the_presets_family_settings():
 def test_empty_hidden_sizes_give_the_tabular_softmax():
     cfg = ExperimentConfig.from_flat({"task.family": "frozen-lake-holes", "policy.hidden-sizes": ""})
     assert cfg.hidden_sizes == ()
+
+
+def test_seeds_vary_the_task_split_unless_task_seed_is_fixed():
+    from fedmeta.cli import parse_seeds
+    from fedmeta.worker import tasks_of
+
+    assert parse_seeds("0-2,7,1") == [0, 1, 2, 7] and parse_seeds("3") == [3]
+    draws = [tasks_of(ExperimentConfig.from_flat({"seed": s, "task.num-test-tasks": 2})) for s in (0, 1)]
+    assert draws[0] != draws[1]
+    fixed = [tasks_of(ExperimentConfig.from_flat({"seed": s, "task.seed": 5})) for s in (0, 1)]
+    assert fixed[0] == fixed[1]
+
+
+def test_compare_of_a_directory_that_is_no_run_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fedmeta", "compare", str(tmp_path / "nope"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

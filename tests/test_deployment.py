@@ -1,4 +1,4 @@
-"""Deployment on loopback: one SuperLink and three SuperNodes, each owning one task.
+"""Deployment on loopback: one SuperLink, three training SuperNodes and one held-out (test) SuperNode.
 
 Runs the README's deployment commands for real (``flower-superlink``, ``flower-supernode``,
 ``flwr run . deploy``), checks that the run completed with three clients, and ends every
@@ -62,12 +62,13 @@ def test_superlink_and_three_supernodes_on_loopback(tmp_path, root):
         start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
                             "--disable-runtime-dependency-installation", "--database", str(tmp_path / "state.db")])
         _wait_port(link_port)
-        for task_id in range(3):
-            start(f"supernode{task_id}", [
+        node_configs = [f'task-id={task_id} device="cpu"' for task_id in range(3)] + ['test-task-id=0 device="cpu"']
+        for i, node_config in enumerate(node_configs):  # three training tasks and one held-out (test) task
+            start(f"supernode{i}", [
                 str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                "--host", "127.0.0.1", "--port", str(_free_port()),
-                "--node-config", f'task-id={task_id} device="cpu"'])
-        overrides = (f"num-server-rounds=2 task.family='point-nav' task.horizon=20 solver.episodes-per-step=4 "
+                "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config])
+        overrides = (f"num-server-rounds=2 task.family='point-nav' task.horizon=20 task.num-test-tasks=1 "
+                     f"eval.adapt-steps=1 solver.episodes-per-step=4 "
                      f"prox.inner-steps=2 eval.every=1 eval.episodes=2 fed.clients-per-round=2 fed.round-timeout=240 "
                      f"run-dir='{run_dir}'")
         proc = subprocess.run([str(BIN / "flwr"), "run", str(root), "deploy", "--stream", "--run-config", overrides],
@@ -83,6 +84,9 @@ def test_superlink_and_three_supernodes_on_loopback(tmp_path, root):
         rows = read_jsonl(run_dir / "clients.jsonl")
         assert {r["task-id"] for r in rows if r["phase"] == "evaluate"} == {0, 1, 2}
         assert len([r for r in rows if r["phase"] == "train"]) == 4
+        assert {r["task-id"] for r in rows if r["phase"] == "train"} <= {0, 1, 2}  # the test node never trains
+        assert [r["task-id"] for r in rows if r["phase"] == "meta-test"] == [3, 3]
+        assert len(summary["meta-test"]["adapt-return"]) == 2 and summary["meta-test-init"]["num-tasks"] == 1
     finally:
         pids = [p.pid for p in started]
         for pid in pids:  # the processes we started, then everything they spawned

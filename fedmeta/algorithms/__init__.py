@@ -1,6 +1,8 @@
-"""Local solvers, the prox term and the personalization round."""
+"""Local solvers, the prox term, and the client algorithms (MEMRL and its baselines)."""
 
 from fedmeta.algorithms.base import SOLVERS, LocalSolver, SolveStats
 from fedmeta.algorithms import pg  # noqa: F401  (registration)
+from fedmeta.algorithms.client import CLIENT_ALGORITHMS, ClientAlgorithm, PrivateState, RoundReport
+from fedmeta.algorithms import meta, baselines  # noqa: F401  (registration)
 
-__all__ = ["SOLVERS", "LocalSolver", "SolveStats"]
+__all__ = ["CLIENT_ALGORITHMS", "SOLVERS", "ClientAlgorithm", "LocalSolver", "PrivateState", "RoundReport", "SolveStats"]

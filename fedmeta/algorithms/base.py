@@ -52,17 +52,19 @@ class LocalSolver(ABC):
         """The inner optimizer's state (kept on the client between rounds), or None before the first step."""
         return None if self.optimizer is None else self.optimizer.state_dict()
 
-    def load_optimizer_state(self, state: dict | None) -> None:
-        """Resume the inner optimizer (e.g. Adam moments) from a previous round on this client."""
-        self.optimizer = self.make_optimizer()
+    def load_optimizer_state(self, state: dict | None, lr: float | None = None) -> None:
+        """Resume the inner optimizer (e.g. Adam moments) from a previous round on this client;
+        ``state`` None starts a fresh one (with step size ``lr``, default ``solver.lr``)."""
+        self.optimizer = self.make_optimizer(lr)
         if state is not None:
             self.optimizer.load_state_dict(state)
 
-    def make_optimizer(self) -> torch.optim.Optimizer:
+    def make_optimizer(self, lr: float | None = None) -> torch.optim.Optimizer:
         params = self.policy.parameters()
+        lr = self.cfg.lr if lr is None else lr
         if self.cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.cfg.lr)
-        return torch.optim.SGD(params, lr=self.cfg.lr)
+            return torch.optim.Adam(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr)
 
     def improve(self, venv: gym.vector.VectorEnv, horizon: int, anchor: Mapping[str, torch.Tensor] | None,
                 lam: float, steps: int, tol: float, seed: int) -> SolveStats:

@@ -13,45 +13,14 @@ from w (``"meta"``); it stays on the client, only w_i is returned.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-
 import gymnasium as gym
 import numpy as np
-import torch
 
 from fedmeta.algorithms.base import LocalSolver
+from fedmeta.algorithms.client import (CLIENT_ALGORITHMS, ClientAlgorithm, Params, PrivateState, RoundReport,
+                                       load_params)
 from fedmeta.algorithms.prox import detached_params, moreau_outer_step, params_distance
 from fedmeta.config import ProxConfig
-
-Params = dict[str, torch.Tensor]
-
-
-@dataclass
-class RoundReport:
-    """Scalar diagnostics of one local round (the fixed TrainReport sent to the server)."""
-
-    num_env_steps: int
-    train_return: float
-    inner_steps: int
-    grad_norm: float
-    prox_distance: float
-
-    def as_metrics(self) -> dict[str, float | int]:
-        return {
-            "num-env-steps": self.num_env_steps,
-            "train-return": self.train_return,
-            "inner-steps": self.inner_steps,
-            "grad-norm": self.grad_norm,
-            "prox-distance": self.prox_distance,
-        }
-
-
-def load_params(module: torch.nn.Module, params: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``params`` into ``module`` (keys and shapes must match)."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.copy_(params[name])
 
 
 def moreau_round(solver: LocalSolver, venv: gym.vector.VectorEnv, horizon: int, meta: Params,
@@ -72,3 +41,25 @@ def moreau_round(solver: LocalSolver, venv: gym.vector.VectorEnv, horizon: int, 
     assert stats is not None
     report = RoundReport(env_steps, stats.batch_return, steps, stats.grad_norm, params_distance(theta, meta))
     return local_meta, theta, report
+
+
+@CLIENT_ALGORITHMS.register("memrl")
+class Memrl(ClientAlgorithm):
+    """MEMRL (Toghani et al., Alg. 1) / pFedMe (Dinh et al. 2020): upload the auxiliary model w_i.
+
+    Adaptation at meta-test: ascent on F~_i(θ) = J~_i(θ) − λ/2‖θ − w‖² from θ = w (eq. 14), the
+    same objective the personalized policy θ_i solves in training.  pFedMe is this algorithm
+    with ``prox.local-rounds`` R > 1.
+    """
+
+    upload = "model"
+    adaptation = "prox"
+    keeps_personal = True
+
+    def train(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, state: PrivateState,
+              seed: int) -> tuple[Params, PrivateState, RoundReport]:
+        self.solver.load_optimizer_state(state.optimizers.get("personal"))
+        local_meta, theta, report = moreau_round(self.solver, venv, horizon, meta, state.personal, self.cfg.prox, seed)
+        optimizer = self.solver.optimizer_state()
+        assert optimizer is not None
+        return local_meta, PrivateState(theta, {**state.optimizers, "personal": optimizer}), report

@@ -39,8 +39,11 @@ def moreau_outer_step(w: Mapping[str, A], theta: Mapping[str, A], lam: float, et
 
 
 def server_update(w: Mapping[str, A], aggregate: Mapping[str, A], beta: float) -> dict[str, A]:
-    """Meta-policy update w ← (1 − β) w + β · aggregate."""
-    return {k: w[k] - beta * (w[k] - aggregate[k]) for k in w}
+    """Meta-policy update w ← (1 − β) w + β · aggregate: one SGD step of size β on the
+    pseudo-gradient agg − w (``fedmeta.server_opt``, where the step is written)."""
+    from fedmeta.server_opt import pseudo_gradient, sgd_step
+
+    return sgd_step(w, pseudo_gradient(w, aggregate), beta)
 
 
 def params_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
