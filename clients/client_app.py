@@ -46,7 +46,7 @@ def task_for_node(node_config: Mapping[str, object], cfg: ExperimentConfig) -> t
     """The task this node owns and its role, ``"train"`` or ``"test"`` (see module docstring)."""
     train, test = tasks_of(cfg)
     if "task-spec" in node_config:
-        role = "test" if bool(node_config.get("test-task", False)) else "train"
+        role = "test" if str(node_config.get("test-task", False)).lower() in ("true", "1") else "train"
         return TaskSpec.from_json(str(node_config["task-spec"])), role
     if "test-task-id" in node_config:
         return _indexed(test, "test-task-id", int(node_config["test-task-id"]), "task.num-test-tasks"), "test"  # type: ignore[call-overload]

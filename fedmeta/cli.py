@@ -196,6 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs = []
     for seed in seeds:  # resolve every seed first: a bad value fails before anything runs
         cfg, flat = resolve(args.experiment, [*args.run_config, f"seed={seed}"])
+        if cfg.client.state_dir:  # each seed's clients keep their own state
+            flat["client.state-dir"] = str(Path(cfg.client.state_dir) / f"s{seed}")
         runs.append((cfg, flat))
     first = runs[0][0]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

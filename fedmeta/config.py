@@ -239,6 +239,10 @@ class ExperimentConfig:
         _positive("prox.outer-lr", self.prox.outer_lr)
         _positive("prox.local-rounds", self.prox.local_rounds)
         _at_least("prox.tol", self.prox.tol, 0.0)
+        if self.prox.tol > 0 and self.algorithm != "memrl":
+            # MEMRL's early stop (eq. 15) ends one local round; elsewhere it would cut the shared env-step budget
+            raise ConfigError(f"prox.tol={self.prox.tol} applies to algorithm 'memrl' only; valid: 0 for "
+                              f"algorithm={self.algorithm!r}")
         _choice("prox.init", self.prox.init, ["meta", "personal"])
         if not 0.0 < self.fed.beta <= 1.0:
             raise ConfigError(f"fed.beta={self.fed.beta} is invalid; valid: 0 < beta <= 1")
@@ -260,7 +264,9 @@ class ExperimentConfig:
         _positive("eval.episodes", self.eval.episodes)
         _at_least("eval.adapt-steps", self.eval.adapt_steps, 0)
         _at_least("eval.adapt-lr", self.eval.adapt_lr, 0.0)
-        _choice("fed.server-optimizer", self.fed.server_optimizer, ["adam", "sgd"])
+        from fedmeta.server_opt import SERVER_OPTIMIZERS
+
+        _choice("fed.server-optimizer", self.fed.server_optimizer, SERVER_OPTIMIZERS.names())
         _positive("fed.server-lr", self.fed.server_lr)
         device = self.client.device
         if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):

@@ -103,13 +103,17 @@ def plot_run_adaptation(run_dir: Path) -> Path | None:
 
 def plot_bands(series: Mapping[str, Sequence[np.ndarray]], out: Path, *, xlabel: str, ylabel: str, title: str,
                reference: Sequence[np.ndarray] | None = None, reference_label: str = "reference",
-               markers: bool = False, integer_x: bool = False) -> Path:
-    """Lines with shaded intervals: ``series`` maps a label to (x, point, low, high); reference (x, y) dashed grey."""
+               markers: bool = False, integer_x: bool = False,
+               group_references: Mapping[str, Sequence[np.ndarray]] | None = None) -> Path:
+    """Lines with shaded intervals: ``series`` maps a label to (x, point, low, high); reference (x, y) dashed grey.
+    ``group_references`` maps a series label to its own reference (x, y), dashed in the series' colour."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (label, (x, point, low, high)) in enumerate(series.items()):
         ax.plot(x, point, "-o" if markers or len(x) < 30 else "-", color=f"C{i}", ms=3, label=label)
         if np.any(np.asarray(high) > np.asarray(low)):
             ax.fill_between(x, low, high, color=f"C{i}", alpha=0.2, lw=0)
+        if group_references and label in group_references:
+            ax.plot(*group_references[label], "--", color=f"C{i}", lw=1, alpha=0.8)
     if reference is not None:
         ax.plot(*reference, "--", color="grey", label=reference_label)
     if integer_x:
@@ -131,26 +135,27 @@ def _band(columns: Sequence[Sequence[float]], **ci: Any) -> tuple[np.ndarray, np
 
 def plot_adaptation(groups: Mapping[str, Sequence[RunRecord]], out: Path, return_kind: str = "discounted",
                     **ci: Any) -> Path | None:
-    """Held-out return vs adaptation step per group (CI band); w⁰ reference pooled over all runs. None if no data."""
-    series = {}
+    """Held-out return vs adaptation step per group (CI band), each with its own reference curve from w⁰
+    (dashed, same colour: the group's algorithm adapts w⁰ its own way). None if no data."""
+    series, references = {}, {}
     for label, runs in groups.items():
         curves = [r.adapt[return_kind] for r in runs if return_kind in r.adapt]
         if curves:
             k = min(map(len, curves))
             columns = [[c[j] for c in curves] for j in range(k)]
-            series[f"{label} (n={len(curves)})"] = (np.arange(k), *_band(columns, **ci))
+            name = f"{label} (n={len(curves)})"
+            series[name] = (np.arange(k), *_band(columns, **ci))
+            init = [r.init_adapt[return_kind] for r in runs if return_kind in r.init_adapt]
+            if init:
+                k0 = min(map(len, init))
+                references[name] = (np.arange(k0), statistic_of(np.array([c[:k0] for c in init]),
+                                                                ci.get("statistic", "mean"), axis=0))
     if not series:
         return None
-    init = [r.init_adapt[return_kind] for runs in groups.values() for r in runs if return_kind in r.init_adapt]
-    reference = None
-    if init:
-        k = min(map(len, init))
-        reference = (np.arange(k), statistic_of(np.array([c[:k] for c in init]), ci.get("statistic", "mean"), axis=0))
     return plot_bands(series, out, xlabel="adaptation steps on the held-out task",
-                      ylabel=f"held-out {return_kind} return", reference=reference,
-                      reference_label=f"from initial policy w0 (all runs, n={len(init)})",
-                      title=f"held-out adaptation ({ci.get('statistic', 'mean')}, "
-                            f"{100 * ci.get('confidence', 0.95):g}% CI)", integer_x=True)
+                      ylabel=f"held-out {return_kind} return", group_references=references,
+                      title=f"held-out adaptation from the meta-policy (solid, {ci.get('statistic', 'mean')}, "
+                            f"{100 * ci.get('confidence', 0.95):g}% CI) and from w0 (dashed)", integer_x=True)
 
 
 def plot_env_steps(groups: Mapping[str, Sequence[RunRecord]], out: Path, return_kind: str = "discounted",

@@ -130,18 +130,17 @@ def _fractions_of_optimal(path: Path) -> dict[str, float]:
     over the tasks of the last evaluation (``*-pct-optimal``; ``min-personal-pct-optimal`` the worst task)."""
     rows = read_rows(path) if path.is_file() else []
     out: dict[str, float] = {}
-    for phase, prefixes in (("evaluate", ("personal", "meta")), ("meta-test", ("adapt-0", "adapt-1", "adapt-2",
-                                                                                  "adapt-3", "adapt-4", "adapt-5"))):
+    for phase, name in (("evaluate", "{}"), ("meta-test", "heldout-{}"), ("meta-test-init", "init-{}")):
         own = [r for r in rows if r.get("phase") == phase and _number(r.get("optimal-return"))]
         if not own:
             continue
         last = [r for r in own if r["round"] == own[-1]["round"]]
+        prefixes = sorted({k[: -len("-exact-return")] for k in last[0] if k.endswith("-exact-return")}, key=metric_order)
         for prefix in prefixes:
             pct = [100.0 * r[f"{prefix}-exact-return"] / r["optimal-return"] for r in last
                    if _number(r.get(f"{prefix}-exact-return")) and r["optimal-return"] > 0]
             if len(pct) == len(last):
-                name = f"heldout-{prefix}-pct-optimal" if phase == "meta-test" else f"{prefix}-pct-optimal"
-                out[name] = float(sum(pct) / len(pct))
+                out[name.format(prefix) + "-pct-optimal"] = float(sum(pct) / len(pct))
                 if prefix == "personal":
                     out["min-personal-pct-optimal"] = float(min(pct))
     return out
@@ -238,11 +237,14 @@ def default_columns(result: Mapping[str, Any]) -> list[str]:
 
 
 def column_title(metric: str) -> str:
-    if metric.startswith("heldout-adapt-"):
-        step, _, suffix = metric[len("heldout-adapt-"):].partition("-")
-        return f"held-out {step}" + {"return": "", "undiscounted-return": " undisc.", "exact-return": " exact"}.get(
-            suffix, f" {suffix}")
-    return {"personal-return": "personal", "meta-return": "meta", "env-steps": "env steps"}.get(metric, metric)
+    for prefix, name in (("heldout-adapt-", "held-out"), ("init-adapt-", "from w0")):
+        if metric.startswith(prefix):
+            step, _, suffix = metric[len(prefix):].partition("-")
+            return f"{name} {step}" + {"return": "", "undiscounted-return": " undisc.", "exact-return": " exact",
+                                       "pct-optimal": " % opt"}.get(suffix, f" {suffix}")
+    return {"personal-return": "personal", "meta-return": "meta", "env-steps": "env steps",
+            "personal-pct-optimal": "personal % opt", "min-personal-pct-optimal": "worst task % opt",
+            "meta-pct-optimal": "meta % opt"}.get(metric, metric)
 
 
 def format_cell(cell: Mapping[str, Any] | None, metric: str = "") -> str:

@@ -8,10 +8,12 @@ Schema (version 2)::
      "tasks": [{"task-id": int, "params": {...},
                 "personal-return": float,            # Monte-Carlo mean discounted return of θ_i (sampled actions)
                 "personal-exact-return": float|null, # exact expected discounted return of θ_i (tabular families)
-                "meta-return": float,                # same for the meta-policy w, unadapted
+                "meta-return": float,                # the meta-policy w, unadapted: exact where the family can, else Monte-Carlo
                 "optimal-return": float|null,        # optimal expected discounted return (tabular families)
                 "fraction-of-optimal": float|null}], # personal (exact if available) / optimal
-     "mean-personal-return": float, "mean-meta-return": float, "min-fraction-of-optimal": float|null,
+     "mean-personal-return": float,                      # mean of tasks[].personal-return (Monte-Carlo)
+     "mean-meta-return": float,                          # mean of tasks[].meta-return (exact where available)
+     "min-fraction-of-optimal": float|null,
      "adapt-steps": int,                                 # k of the meta-test
      "meta-test": {"num-tasks": int,                     # held-out tasks, adapted from the final w
                    "adapt-return": [k+1 floats],         # mean over held-out tasks after 0..k steps (discounted)

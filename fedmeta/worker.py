@@ -32,7 +32,9 @@ def _dump_bytes(state: object) -> bytes:
 
 
 def _load_bytes(payload: bytes) -> dict:
-    return torch.load(io.BytesIO(payload), weights_only=True)
+    """Optimizer states by slot; a bare optimizer state (written before slots existed) is MEMRL's ``personal``."""
+    state = torch.load(io.BytesIO(payload), weights_only=True)
+    return {"personal": state} if "param_groups" in state else state
 
 
 def resolve_device(requested: str) -> torch.device:

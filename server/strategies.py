@@ -68,7 +68,6 @@ class MetaFedAvg(FedAvg):
         self.last_evaluation: list[dict[str, float | int]] = []
         self.last_meta_test: list[dict[str, float | int]] = []
         self.meta_test_init: list[dict[str, float | int]] = []
-        self._reference_sent = False
 
     def summary(self) -> None:
         log(INFO, "\t├── MetaFedAvg: algorithm=%s, server optimizer=%s (beta=%s), B=%d of %d tasks (%d held out), "
@@ -149,9 +148,8 @@ class MetaFedAvg(FedAvg):
         config["server-round"] = server_round
         messages = list(self._construct_messages(RecordDict({"arrays": arrays, "config": config}),
                                                  [self.task_nodes[t] for t in sorted(self.task_nodes)], "evaluate"))
-        if self.test_nodes:  # meta-test; the reference curve from w⁰ once, at the first evaluation
-            test_config = ConfigRecord({**dict(config), "reference": int(not self._reference_sent)})
-            self._reference_sent = True
+        if self.test_nodes:  # meta-test; the reference curve from w⁰ once, at the first evaluation that returns it
+            test_config = ConfigRecord({**dict(config), "reference": int(not self.meta_test_init)})
             messages += self._construct_messages(RecordDict({"arrays": arrays, "config": test_config}),
                                                  [self.test_nodes[t] for t in sorted(self.test_nodes)], "evaluate")
         return messages

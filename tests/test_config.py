@@ -79,6 +79,7 @@ def test_run_config_parsing_follows_flower():
         (["run", "--run-config", "fed.server-optimizer='lamb'"], "choose from adam, sgd"),
         (["run", "--run-config", "eval.adapt-steps=-1"], "eval.adapt-steps"),
         (["run", "--run-config", "task.seed=-2"], "task.seed"),
+        (["run", "--run-config", "algorithm='fedavg' prox.tol=0.1"], "applies to algorithm 'memrl' only"),
         (["run", "--seeds", "0-x"], "--seeds '0-x' is invalid"),
         (["run", "--seeds", "0-4", "--run-config", "prox.lam=0"], "prox.lam=0"),
     ],

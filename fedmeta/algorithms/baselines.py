@@ -3,7 +3,9 @@
 Every algorithm spends the same environment-step budget per sampled client and round: K·R
 solver steps (``prox.inner-steps`` × ``prox.local-rounds``), each on a fresh batch of D
 episodes; the same tasks are sampled in the same rounds (the server's sampling stream does
-not depend on the algorithm).
+not depend on the algorithm).  A model that restarts from w every round (FedAvg's, FedProx's,
+Ditto's global model) gets a fresh local optimizer each round, as in FedAvg; a model the client
+keeps (θ_i, v_i) keeps its optimizer state too, as MEMRL's θ_i does.
 
 * ``independent``: per-task training, no communication (the per-task reference).  θ_i is
   trained by plain policy gradient and kept; the upload is empty and w stays w⁰.
@@ -39,7 +41,7 @@ class _GlobalModel(ClientAlgorithm):
     def train(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, state: PrivateState,
               seed: int) -> tuple[Params, PrivateState, RoundReport]:
         steps = self.local_steps
-        stats = self.solve(venv, horizon, meta, meta if self.anchored else None, steps, seed, state, "local")
+        stats = self.solve(venv, horizon, meta, meta if self.anchored else None, steps, seed, state, None)
         theta = detached_params(self.solver.policy)
         return theta, state, self.report(stats, stats.env_steps, stats.steps, theta, meta)
 
@@ -96,7 +98,7 @@ class Ditto(ClientAlgorithm):
               seed: int) -> tuple[Params, PrivateState, RoundReport]:
         global_steps = (self.local_steps + 1) // 2
         personal_steps = self.local_steps - global_steps
-        stats = self.solve(venv, horizon, meta, None, global_steps, stream_seed(seed, "global"), state, "local")
+        stats = self.solve(venv, horizon, meta, None, global_steps, stream_seed(seed, "global"), state, None)
         theta = detached_params(self.solver.policy)
         env_steps, steps = stats.env_steps, stats.steps
         personal = state.personal if state.personal is not None else meta

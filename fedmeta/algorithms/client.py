@@ -101,13 +101,15 @@ class ClientAlgorithm(ABC):
 
     # ------------------------------------------------------------------ helpers
     def solve(self, venv: gym.vector.VectorEnv, horizon: int, start: Params, anchor: Params | None, steps: int,
-              seed: int, state: PrivateState, slot: str) -> SolveStats:
+              seed: int, state: PrivateState, slot: str | None) -> SolveStats:
         """``steps`` solver steps from ``start`` (prox-anchored at ``anchor`` unless None) with the
-        persistent optimizer of ``slot``; leaves the result in ``solver.policy``."""
+        persistent optimizer of ``slot`` (None: a fresh optimizer, as FedAvg's local training starts
+        each round); leaves the result in ``solver.policy``."""
         load_params(self.solver.policy, start)
-        self.solver.load_optimizer_state(state.optimizers.get(slot))
+        self.solver.load_optimizer_state(state.optimizers.get(slot) if slot else None)
         stats = self.solver.improve(venv, horizon, anchor, self.cfg.prox.lam, steps, self.cfg.prox.tol, seed)
-        state.optimizers[slot] = self.solver.optimizer_state()  # type: ignore[assignment]
+        if slot:
+            state.optimizers[slot] = self.solver.optimizer_state()  # type: ignore[assignment]
         return stats
 
     def report(self, stats: SolveStats, env_steps: int, steps: int, theta: Params, meta: Params) -> RoundReport:
