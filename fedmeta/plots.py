@@ -180,7 +180,7 @@ def plot_env_steps(groups: Mapping[str, Sequence[RunRecord]], out: Path, return_
 
 
 def _grid_policy_probs(cfg: ExperimentConfig, spec, params: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    from fedmeta.algorithms.meta import load_params
+    from fedmeta.algorithms.client import load_params
     from fedmeta.tasks.grid_nav import GRID_NAV, action_probabilities
     from fedmeta.worker import build_policy, to_torch
 

@@ -18,6 +18,7 @@ Schema (version 2)::
      "meta-test": {"num-tasks": int,                     # held-out tasks, adapted from the final w
                    "adapt-return": [k+1 floats],         # mean over held-out tasks after 0..k steps (discounted)
                    "adapt-undiscounted-return": [...], "adapt-exact-return": [...] (tabular families),
+                   "optimal-return": float (tabular families: mean over held-out tasks),
                    "tasks": [{"task-id", "params", "adapt-<j>-return", ...}]} | null,
      "meta-test-init": {...same, adapted from w⁰: the reference...} | null}
 """
@@ -73,14 +74,26 @@ def build_summary(cfg: ExperimentConfig, evaluation: Sequence[Mapping[str, Any]]
     }
 
 
+RETURN_KINDS = ("return", "undiscounted-return", "exact-return")
+
+
+def curve_means(rows: Sequence[Mapping[str, Any]], steps: int) -> dict[str, Any]:
+    """Mean over held-out tasks of the return after each adaptation step 0..``steps``, per return kind
+    (``adapt-<kind>``: a list), and the mean optimal return where every task has one."""
+    out: dict[str, Any] = {}
+    for kind in RETURN_KINDS:
+        if all(f"adapt-0-{kind}" in r for r in rows):
+            out[f"adapt-{kind}"] = [sum(float(r[f"adapt-{j}-{kind}"]) for r in rows) / len(rows) for j in range(steps + 1)]
+    if all("optimal-return" in r for r in rows):
+        out["optimal-return"] = sum(float(r["optimal-return"]) for r in rows) / len(rows)
+    return out
+
+
 def _meta_test(rows: Sequence[Mapping[str, Any]], specs: Sequence[Any], steps: int) -> dict[str, Any] | None:
     """Held-out tasks' adaptation curves (rows keyed ``adapt-<j>-<kind>``) and their means."""
     if not rows:
         return None
-    out: dict[str, Any] = {"num-tasks": len(rows)}
-    for kind in ("return", "undiscounted-return", "exact-return"):
-        if all(f"adapt-0-{kind}" in r for r in rows):
-            out[f"adapt-{kind}"] = [sum(float(r[f"adapt-{j}-{kind}"]) for r in rows) / len(rows) for j in range(steps + 1)]
+    out: dict[str, Any] = {"num-tasks": len(rows), **curve_means(rows, steps)}
     by_id = {spec.task_id: spec for spec in specs}
     out["tasks"] = [{"params": _params(by_id[int(r["task-id"])]) if int(r["task-id"]) in by_id else {}, **r}
                     for r in sorted(rows, key=lambda r: r["task-id"])]

@@ -32,6 +32,7 @@ from fedmeta.registry import Registry
 from fedmeta.results import RunWriter
 from fedmeta.seeding import stream_seed
 from fedmeta.server_opt import SERVER_OPTIMIZERS, pseudo_gradient
+from fedmeta.summary import curve_means
 from fedmeta.validation import WEIGHT_KEY, check_update
 from server.discovery import Federation
 from server.progress import Progress
@@ -188,7 +189,7 @@ class MetaFedAvg(FedAvg):
             if not own:
                 continue
             self.writer.append("clients", [{"round": server_round, "phase": phase, **r} for r in own])
-            summary = _curves_mean(own, self.cfg.eval.adapt_steps)
+            summary = curve_means(own, self.cfg.eval.adapt_steps)
             self.writer.append("rounds", [{"round": server_round, "phase": phase, "cum-env-steps": self.cum_env_steps,
                                            "num-tasks": len(own), **summary}])
             if phase == "meta-test":
@@ -206,17 +207,6 @@ def _curve_row(row: dict[str, float | int], label: str) -> dict[str, float | int
             out["adapt-" + key[len(label) + 1:]] = value
     if "optimal-return" in row:
         out["optimal-return"] = row["optimal-return"]
-    return out
-
-
-def _curves_mean(rows: list[dict[str, float | int]], steps: int) -> dict[str, list[float] | float]:
-    """Mean over tasks of the return after each adaptation step, per return kind."""
-    out: dict[str, list[float] | float] = {}
-    for kind in ("return", "undiscounted-return", "exact-return"):
-        if all(f"adapt-0-{kind}" in r for r in rows):
-            out[f"adapt-{kind}"] = [float(np.mean([float(r[f"adapt-{j}-{kind}"]) for r in rows])) for j in range(steps + 1)]
-    if all("optimal-return" in r for r in rows):
-        out["optimal-return"] = float(np.mean([float(r["optimal-return"]) for r in rows]))
     return out
 
 
