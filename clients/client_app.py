@@ -26,10 +26,20 @@ from flwr.clientapp import ClientApp
 from clients.contract import contract_mod
 from clients.state import ClientState
 from fedmeta.config import ExperimentConfig
+from fedmeta.faults import make_fault_mod
 from fedmeta.records import arrays_to_record, metrics_to_record, record_to_arrays
+from fedmeta.text import short_reason
 from fedmeta.tasks import TaskSpec
 from fedmeta.validation import check_update
 from fedmeta.worker import TaskWorker, initial_meta_policy, resolve_device, tasks_of, to_numpy
+
+
+def check_device(requested: str) -> None:
+    """Fail the task query (so discovery rejects this node) when its device cannot hold a tensor."""
+    try:
+        torch.zeros(1, device=resolve_device(requested))
+    except (RuntimeError, AssertionError) as exc:
+        raise RuntimeError(f"device {requested!r} is unusable on this node: {short_reason(str(exc))}") from exc
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,15 +87,25 @@ def _worker(context: Context, cfg: ExperimentConfig, device: str | None = None) 
 
 def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
     """Build the ClientApp; ``overrides`` are flat config keys layered over ``context.run_config``."""
-    app = ClientApp(mods=[contract_mod])
+    def config_of(context: Context) -> ExperimentConfig:
+        return resolve_config(context, overrides)
+
+    def task_of(context: Context, cfg: ExperimentConfig) -> tuple[int, str]:
+        spec, role = task_for_node(context.node_config, cfg)
+        return spec.task_id, role
+
+    # the contract mod is outermost: it checks and audits what finally leaves the client
+    app = ClientApp(mods=[contract_mod, make_fault_mod(config_of, task_of)])
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         """Tell the server which task this node owns, whether it is held out, and its optimal return."""
         cfg = resolve_config(context, overrides)
+        check_device(str(context.node_config.get("device", cfg.client.device)))
         worker, _ = _worker(context, cfg, device="cpu")
         with worker:
-            metrics: dict[str, float | int] = {"task-id": worker.spec.task_id, "test-task": int(worker.role == "test")}
+            metrics: dict[str, float | int] = {"task-id": worker.spec.task_id, "test-task": int(worker.role == "test"),
+                                               "spec-fingerprint": worker.spec.fingerprint()}
             optimal = worker.optimal_return()
         if optimal is not None:
             metrics["optimal-return"] = optimal

@@ -53,4 +53,4 @@ class ClientState:
             if self.optimizer is not None:
                 payload["optimizer"] = np.frombuffer(self.optimizer, dtype=np.uint8)
             np.savez(buf, **payload)
-            atomic_write_bytes(disk_path, buf.getvalue())
+            atomic_write_bytes(disk_path, buf.getvalue(), mode=0o600)  # θᵢ is the client's private state

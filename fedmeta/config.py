@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import math
+import os
+import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -21,6 +25,16 @@ Scalar = Union[bool, int, float, str]
 
 class ConfigError(ValueError):
     """A config key or value is invalid; the message is one line naming key and choices."""
+
+
+# Sanity caps: a larger value is a typo (num-server-rounds=1e20) that would exhaust memory or time later.
+MAX_ROUNDS = 1_000_000  # num-server-rounds, eval.every
+MAX_COUNT = 100_000  # clients, tasks, episodes, steps
+MAX_HORIZON = 100_000
+MAX_SEED = 2**32 - 1
+MAX_CPUS = 1024  # threads, sampler workers, simulation CPUs
+MAX_SECONDS = 1_000_000.0  # timeouts (about 11.6 days)
+MAX_WIDTH, MAX_LAYERS = 4096, 16  # policy.hidden-sizes
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -88,8 +102,18 @@ class FedConfig:
     min_replies: int = field(default=1, metadata=_doc("fail the round below this many valid replies"))
     aggregator: str = field(default="mean", metadata=_doc("aggregation rule (fedmeta.aggregation registry)"))
     weighting: str = field(default="uniform", metadata=_doc("uniform | num-env-steps"))
-    max_update_norm: float = field(default=0.0, metadata=_doc("reject ||w_i - w|| above this; 0 = off"))
+    max_update_norm: float = field(default=0.0, metadata=_doc("reject ||w_i - w|| above this absolute bound; 0 = off"))
+    clip_factor: float = field(default=3.0, metadata=_doc("clip ||w_i - w|| to this x the reference norm (median of recent accepted norms); 0 = off"))
+    reject_factor: float = field(default=10.0, metadata=_doc("reject ||w_i - w|| above this x the reference norm; 0 = off"))
+    center_factor: float = field(default=3.0, metadata=_doc("reject an update farther than this x the median distance from the round's coordinate-wise median (3+ updates); 0 = off"))
+    norm_window: int = field(default=10, metadata=_doc("rounds of accepted update norms in the reference norm"))
+    trim_fraction: float = field(default=0.2, metadata=_doc("trimmed-mean: fraction cut at each end per coordinate"))
+    byzantine: int = field(default=1, metadata=_doc("f, Byzantine clients tolerated by krum / multi-krum / bulyan"))
+    quarantine_after: int = field(default=3, metadata=_doc("quarantine a client after this many consecutive rejected rounds; 0 = off"))
+    quarantine_rounds: int = field(default=10, metadata=_doc("rounds a quarantined client is not sampled"))
     round_timeout: float = field(default=600.0, metadata=_doc("seconds to wait for replies per phase"))
+    discovery_timeout: float = field(default=300.0, metadata=_doc("seconds to wait for every node to connect and report its task"))
+    allow_missing_tasks: bool = field(default=False, metadata=_doc("deployment: run without tasks whose node is missing or rejected at discovery"))
 
 
 @dataclass(frozen=True)
@@ -108,10 +132,24 @@ class ClientConfig:
 
     device: str = field(default="auto", metadata=_doc("auto | cpu | cuda | cuda:N (node-config 'device' wins)"))
     num_threads: int = field(default=1, metadata=_doc("torch CPU threads per client"))
-    state_dir: str = field(default="", metadata=_doc("also keep theta_i on disk here; '' = memory only"))
+    state_dir: str = field(default="", metadata=_doc("directory where each training client also keeps theta_i and its "
+                                                     "optimizer state (task-<i>.npz); '' = <run-dir>/clients under "
+                                                     "fedmeta run, memory only under flwr run"))
     sampler_workers: int = field(
         default=0, metadata=_doc("worker processes per client, each owning a group of envs (0 = in-process)")
     )
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Fault injection (fedmeta.faults): make chosen clients fail or attack, seeded; for robustness tests."""
+
+    kind: str = field(default="none", metadata=_doc("none | nan | inf | huge | zero | sign-flip | noise | random-action | raise | hang | drop | straggle"))
+    clients: str = field(default="", metadata=_doc("comma-separated training task ids that are faulty in every faulty round"))
+    fraction: float = field(default=0.0, metadata=_doc("else: each sampled client is faulty with this probability per round (seeded)"))
+    rounds: str = field(default="", metadata=_doc("faulty rounds, 'a-b' or 'a,b,c'; '' = every round"))
+    scale: float = field(default=0.0, metadata=_doc("attack size; 0 = the kind's default (huge 1e30 norm, sign-flip 2.5x, noise std 1)"))
+    delay_factor: float = field(default=2.0, metadata=_doc("straggle: extra sleep = factor x the round's compute time"))
 
 
 @dataclass(frozen=True)
@@ -132,6 +170,7 @@ _SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "client": ClientConfig,
     "simulation": SimulationConfig,
+    "faults": FaultConfig,
 }
 
 
@@ -139,13 +178,23 @@ _SECTIONS: dict[str, type] = {
 class ExperimentConfig:
     """One experiment: top-level keys plus one dataclass per section."""
 
-    experiment: str = field(default="memrl-grid", metadata=_doc("preset name, recorded in results"))
+    experiment: str = field(default="memrl-grid", metadata=_doc("name in the result directory and summary: the preset's "
+                                                                "(a .toml file's stem), '<preset>+<family>' when "
+                                                                "task.family is switched"))
     algorithm: str = field(default="memrl", metadata=_doc("client algorithm: memrl (pFedMe with prox.local-rounds > 1), independent, fedavg, fedavg-ft, fedprox, ditto"))
     num_server_rounds: int = field(default=120, metadata=_doc("federated rounds T"))
     seed: int = field(default=0, metadata=_doc("run seed: policy init, sampling, client streams"))
     output_dir: str = field(default="results", metadata=_doc("parent directory of result directories"))
-    run_dir: str = field(default="", metadata=_doc("exact result directory; '' = <output-dir>/<experiment>-<time>-s<seed>"))
+    run_dir: str = field(default="", metadata=_doc("exact result directory; '' = "
+                                                   "<output-dir>/<experiment>-<algorithm>-<time>-s<seed>"))
     plugins: str = field(default="", metadata=_doc("comma-separated modules imported to register plug-ins"))
+    plugins_path: str = field(default="", metadata=_doc("directories ('a:b' or 'a,b') put first on the import path "
+                                                        "before the plug-ins are imported; relative ones are relative "
+                                                        "to the working directory (fedmeta run: where it was started) "
+                                                        "and are stored absolute"))
+    tensorboard: bool = field(default=False, metadata=_doc("also write every rounds.jsonl metric as a TensorBoard "
+                                                           "scalar to <run-dir>/tensorboard (needs the tensorboard "
+                                                           "package: pip install 'fedmeta[tensorboard]')"))
     task: TaskConfig = field(default_factory=TaskConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -154,13 +203,16 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     # ------------------------------------------------------------------ parsing
     @classmethod
     def from_flat(cls, flat: Mapping[str, Scalar]) -> ExperimentConfig:
         """Build and validate a config from flat kebab-case keys (``prox.lam``)."""
         flat = dict(flat)
-        load_plugins(str(flat.get("plugins", "")))
+        if "plugins-path" in flat:  # absolute from here on: the simulation's processes run elsewhere
+            flat["plugins-path"] = absolute_plugins_path(coerce_scalar("plugins-path", flat["plugins-path"], str))
+        load_plugins(str(flat.get("plugins", "")), str(flat.get("plugins-path", "")))
         top: dict[str, Any] = {}
         sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         task_options: dict[str, Scalar] = {}
@@ -206,76 +258,124 @@ class ExperimentConfig:
     # --------------------------------------------------------------- validation
     def validate(self) -> None:
         """Check values and cross-field constraints; raise :class:`ConfigError` on the first problem."""
-        from fedmeta.aggregation import AGGREGATORS
-        from fedmeta.algorithms import CLIENT_ALGORITHMS, SOLVERS
+        self._validate_run()
+        self._validate_task()
+        self._validate_policy()
+        self._validate_solver()
+        self._validate_prox()
+        self._validate_fed()
+        self._validate_eval()
+        self._validate_client()
+        self._validate_robustness()
+        self._validate_simulation()
+
+    def _validate_run(self) -> None:
+        from fedmeta.algorithms import CLIENT_ALGORITHMS
+
+        _name("experiment", self.experiment)
+        _in_range("num-server-rounds", self.num_server_rounds, 1, MAX_ROUNDS)
+        _in_range("seed", self.seed, 0, MAX_SEED)
+        _choice("algorithm", self.algorithm, CLIENT_ALGORITHMS.names())
+        _path("output-dir", self.output_dir)
+        _path("run-dir", self.run_dir, empty_ok=True)
+        _path("plugins-path", self.plugins_path, empty_ok=True)
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("tensorboard=true needs the tensorboard package, which is not installed; valid: "
+                              "install it (pip install 'fedmeta[tensorboard]', or pip install tensorboard) or set "
+                              "tensorboard=false")
+
+    def _validate_task(self) -> None:
         from fedmeta.tasks import TASK_FAMILIES
 
-        _positive("num-server-rounds", self.num_server_rounds)
-        _at_least("seed", self.seed, 0)
-        _choice("algorithm", self.algorithm, CLIENT_ALGORITHMS.names())
-        _at_least("task.seed", self.task.seed, -1)
-        _choice("task.family", self.task.family, TASK_FAMILIES.names())
-        _positive("task.num-clients", self.task.num_clients)
-        _at_least("task.num-test-tasks", self.task.num_test_tasks, 0)
-        _at_least("task.horizon", self.task.horizon, 0)
-        TASK_FAMILIES.get(self.task.family).validate_options(self.task.options)
+        task = self.task
+        _in_range("task.seed", task.seed, -1, MAX_SEED)
+        _choice("task.family", task.family, TASK_FAMILIES.names())
+        _in_range("task.num-clients", task.num_clients, 1, MAX_COUNT)
+        _in_range("task.num-test-tasks", task.num_test_tasks, 0, MAX_COUNT)
+        _in_range("task.horizon", task.horizon, 0, MAX_HORIZON)
+        TASK_FAMILIES.get(task.family).validate_options(task.options)
+
+    def _validate_policy(self) -> None:
         _choice("policy.activation", self.policy.activation, ["relu", "tanh"])
-        sizes = self.policy.hidden_sizes.replace(" ", "")
-        if sizes and not all(s.isdigit() and int(s) > 0 for s in sizes.split(",")):
-            raise ConfigError(f"policy.hidden-sizes={self.policy.hidden_sizes!r} is invalid; "
-                              "use positive ints like '64,64', or '' for a linear (tabular-softmax) policy")
+        _hidden_sizes(self.policy.hidden_sizes)
         _positive("policy.init-std", self.policy.init_std)
-        _choice("solver.name", self.solver.name, SOLVERS.names())
-        _choice("solver.optimizer", self.solver.optimizer, ["adam", "sgd"])
-        _positive("solver.lr", self.solver.lr)
-        _positive("solver.episodes-per-step", self.solver.episodes_per_step)
-        if not 0.0 < self.solver.gamma <= 1.0:
-            raise ConfigError(f"solver.gamma={self.solver.gamma} is invalid; valid: 0 < gamma <= 1")
-        _choice("solver.baseline", self.solver.baseline, ["mean", "none", "normalized"])
-        _at_least("solver.max-grad-norm", self.solver.max_grad_norm, 0.0)
-        _at_least("solver.entropy-coef", self.solver.entropy_coef, 0.0)
-        _positive("prox.lam", self.prox.lam)
-        _positive("prox.inner-steps", self.prox.inner_steps)
-        _positive("prox.outer-lr", self.prox.outer_lr)
-        _positive("prox.local-rounds", self.prox.local_rounds)
-        _at_least("prox.tol", self.prox.tol, 0.0)
-        if self.prox.tol > 0 and self.algorithm != "memrl":
+
+    def _validate_solver(self) -> None:
+        from fedmeta.algorithms import SOLVERS
+
+        solver = self.solver
+        _choice("solver.name", solver.name, SOLVERS.names())
+        _choice("solver.optimizer", solver.optimizer, ["adam", "sgd"])
+        _positive("solver.lr", solver.lr)
+        _in_range("solver.episodes-per-step", solver.episodes_per_step, 1, MAX_COUNT)
+        if not 0.0 < solver.gamma <= 1.0:
+            raise ConfigError(f"solver.gamma={solver.gamma} is invalid; valid: 0 < gamma <= 1")
+        _choice("solver.baseline", solver.baseline, ["mean", "none", "normalized"])
+        _at_least("solver.max-grad-norm", solver.max_grad_norm, 0.0)
+        _at_least("solver.entropy-coef", solver.entropy_coef, 0.0)
+
+    def _validate_prox(self) -> None:
+        prox = self.prox
+        _positive("prox.lam", prox.lam)
+        _in_range("prox.inner-steps", prox.inner_steps, 1, MAX_COUNT)
+        _positive("prox.outer-lr", prox.outer_lr)
+        _in_range("prox.local-rounds", prox.local_rounds, 1, MAX_COUNT)
+        _at_least("prox.tol", prox.tol, 0.0)
+        if prox.tol > 0 and self.algorithm != "memrl":
             # MEMRL's early stop (eq. 15) ends one local round; elsewhere it would cut the shared env-step budget
-            raise ConfigError(f"prox.tol={self.prox.tol} applies to algorithm 'memrl' only; valid: 0 for "
+            raise ConfigError(f"prox.tol={prox.tol} applies to algorithm 'memrl' only; valid: 0 for "
                               f"algorithm={self.algorithm!r}")
-        _choice("prox.init", self.prox.init, ["meta", "personal"])
-        if not 0.0 < self.fed.beta <= 1.0:
-            raise ConfigError(f"fed.beta={self.fed.beta} is invalid; valid: 0 < beta <= 1")
-        _positive("fed.clients-per-round", self.fed.clients_per_round)
-        if self.fed.clients_per_round > self.task.num_clients:
-            raise ConfigError(
-                f"fed.clients-per-round={self.fed.clients_per_round} is larger than task.num-clients="
-                f"{self.task.num_clients}; valid: 1..{self.task.num_clients}"
-            )
-        if not 1 <= self.fed.min_replies <= self.fed.clients_per_round:
-            raise ConfigError(
-                f"fed.min-replies={self.fed.min_replies} is invalid; valid: 1..fed.clients-per-round ({self.fed.clients_per_round})"
-            )
-        _choice("fed.aggregator", self.fed.aggregator, AGGREGATORS.names())
-        _choice("fed.weighting", self.fed.weighting, ["num-env-steps", "uniform"])
-        _at_least("fed.max-update-norm", self.fed.max_update_norm, 0.0)
-        _positive("fed.round-timeout", self.fed.round_timeout)
-        _positive("eval.every", self.eval.every)
-        _positive("eval.episodes", self.eval.episodes)
-        _at_least("eval.adapt-steps", self.eval.adapt_steps, 0)
-        _at_least("eval.adapt-lr", self.eval.adapt_lr, 0.0)
+        _choice("prox.init", prox.init, ["meta", "personal"])
+
+    def _validate_fed(self) -> None:
+        from fedmeta.aggregation import AGGREGATORS
         from fedmeta.server_opt import SERVER_OPTIMIZERS
 
-        _choice("fed.server-optimizer", self.fed.server_optimizer, SERVER_OPTIMIZERS.names())
-        _positive("fed.server-lr", self.fed.server_lr)
+        fed = self.fed
+        if not 0.0 < fed.beta <= 1.0:
+            raise ConfigError(f"fed.beta={fed.beta} is invalid; valid: 0 < beta <= 1")
+        _positive("fed.clients-per-round", fed.clients_per_round)
+        _not_above("fed.clients-per-round", fed.clients_per_round, "task.num-clients", self.task.num_clients)
+        if not 1 <= fed.min_replies <= fed.clients_per_round:
+            raise ConfigError(
+                f"fed.min-replies={fed.min_replies} is invalid; valid: 1..fed.clients-per-round ({fed.clients_per_round})"
+            )
+        _choice("fed.aggregator", fed.aggregator, AGGREGATORS.names())
+        _choice("fed.weighting", fed.weighting, ["num-env-steps", "uniform"])
+        _at_least("fed.max-update-norm", fed.max_update_norm, 0.0)
+        _positive("fed.round-timeout", fed.round_timeout)
+        _in_range("fed.round-timeout", fed.round_timeout, 0.0, MAX_SECONDS)
+        _choice("fed.server-optimizer", fed.server_optimizer, SERVER_OPTIMIZERS.names())
+        _positive("fed.server-lr", fed.server_lr)
+
+    def _validate_eval(self) -> None:
+        _in_range("eval.every", self.eval.every, 1, MAX_ROUNDS)
+        _in_range("eval.episodes", self.eval.episodes, 1, MAX_COUNT)
+        _in_range("eval.adapt-steps", self.eval.adapt_steps, 0, MAX_COUNT)
+        _at_least("eval.adapt-lr", self.eval.adapt_lr, 0.0)
+
+    def _validate_client(self) -> None:
         device = self.client.device
         if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
             raise ConfigError(f"client.device={device!r} is invalid; valid: auto, cpu, cuda, cuda:N")
-        _positive("client.num-threads", self.client.num_threads)
-        _at_least("client.sampler-workers", self.client.sampler_workers, 0)
-        _positive("simulation.num-cpus", self.simulation.num_cpus)
-        _positive("simulation.client-cpus", self.simulation.client_cpus)
-        _at_least("simulation.client-gpus", self.simulation.client_gpus, 0.0)
+        _in_range("client.num-threads", self.client.num_threads, 1, MAX_CPUS)
+        _path("client.state-dir", self.client.state_dir, empty_ok=True)
+        _in_range("client.sampler-workers", self.client.sampler_workers, 0, MAX_CPUS)
+
+    def _validate_simulation(self) -> None:
+        sim = self.simulation
+        _in_range("simulation.num-cpus", sim.num_cpus, 1, MAX_CPUS)
+        _positive("simulation.client-cpus", sim.client_cpus)
+        _not_above("simulation.client-cpus", sim.client_cpus, "simulation.num-cpus", sim.num_cpus)
+        _in_range("simulation.client-gpus", sim.client_gpus, 0.0, 1.0)  # simulations.run gives Ray one GPU
+
+    def _validate_robustness(self) -> None:
+        """fed.* robustness keys and the faults section (see fedmeta.robust, fedmeta.faults)."""
+        from fedmeta.faults import validate_faults
+        from fedmeta.robust import validate_robustness
+
+        validate_robustness(self)
+        validate_faults(self)
 
     @property
     def task_seed(self) -> int:
@@ -298,7 +398,7 @@ def valid_keys() -> list[str]:
 
 
 def describe_keys() -> list[tuple[str, Scalar, str]]:
-    """(key, default, help) for every fixed key."""
+    """(key, code default, help) for every fixed key."""
     rows = []
     for fld in dataclasses.fields(ExperimentConfig):
         if fld.name in _SECTIONS:
@@ -310,13 +410,97 @@ def describe_keys() -> list[tuple[str, Scalar, str]]:
     return rows
 
 
-def load_plugins(spec: str) -> None:
-    """Import the comma-separated modules in ``plugins`` so their registrations run."""
-    for name in filter(None, (s.strip() for s in spec.split(","))):
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"plugins: cannot import {name!r} ({exc})") from exc
+@dataclass(frozen=True)
+class KeyRow:
+    """One run-config key as ``fedmeta keys`` lists it."""
+
+    key: str
+    value: Scalar  # what the experiment uses
+    default: Scalar  # the code default; for a family option, the family's default
+    help: str
+
+
+def experiment_keys(cfg: ExperimentConfig) -> list[KeyRow]:
+    """Every key of ``cfg`` with the value the run uses and its code default: the fixed keys in
+    order, with the options of the task family (``task.<option>``, defaults filled in) after the
+    ``task`` keys.  Covers every key of ``cfg.to_flat()``."""
+    flat = cfg.to_flat()
+    rows = [KeyRow(key, flat[key], default, text) for key, default, text in describe_keys()]
+    after_task = 1 + max(i for i, row in enumerate(rows) if row.key.startswith("task."))
+    rows[after_task:after_task] = family_options(cfg.task.family, cfg.task.options)
+    return rows
+
+
+def family_options(family: str, options: Mapping[str, Scalar] | None = None) -> list[KeyRow]:
+    """The options ``task.<option>`` of task family ``family``: the value with ``options`` set, and
+    the family's default."""
+    from fedmeta.tasks import TASK_FAMILIES
+
+    fam = TASK_FAMILIES.get(family)
+    values = fam.resolve_options(options or {})
+    rows = []
+    for key, default in fam.options.items():
+        choices = fam.option_choices.get(key)
+        text = f"{family} option" + (f": {' | '.join(choices)}" if choices else "")
+        rows.append(KeyRow(f"task.{key}", values[key], default, text))
+    return rows
+
+
+def plugin_dirs(path: str) -> list[str]:
+    """The directories of ``plugins-path`` (separated by ``:`` or ``,``), in order, absolute: ``~``
+    expanded, relative ones against the working directory."""
+    return [os.path.abspath(os.path.expanduser(entry.strip())) for entry in re.split(r"[:,]", path) if entry.strip()]
+
+
+def absolute_plugins_path(path: str) -> str:
+    """``plugins-path`` with each directory made absolute (:func:`plugin_dirs`), joined by ``:``."""
+    return ":".join(plugin_dirs(path))
+
+
+def load_plugins(spec: str, path: str = "") -> None:
+    """Import the comma-separated modules in ``plugins`` so their registrations run.
+
+    First the ``plugins-path`` directories go to the front of ``sys.path`` (in order) and the
+    working directory to its end, where it is missing (a console script such as ``fedmeta`` does
+    not put it there, ``python -m`` does); Ray's workers inherit this ``sys.path``.
+    """
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        return
+    dirs = plugin_dirs(path)
+    for position, directory in enumerate(d for d in dirs if d not in sys.path):
+        sys.path.insert(position, directory)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    importlib.invalidate_caches()  # a plug-in directory created after an earlier failed import
+    for name in names:
+        _import_plugin(name, dirs)
+
+
+def _import_plugin(name: str, dirs: list[str]) -> None:
+    """Import the plug-in module ``name``; a one-line :class:`ConfigError` says why it failed."""
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        missing = [d for d in dirs if not os.path.isdir(d)]
+        hint = f"; plugins-path directory {', '.join(map(repr, missing))} does not exist" if missing else ""
+        raise ConfigError(one_line(f"plugins: cannot import {name!r} ({exc}){hint}; valid: a module in the working "
+                                   f"directory ({os.getcwd()}), in plugins-path or installed")) from exc
+    except (Exception, SystemExit) as exc:  # noqa: BLE001  (a plug-in's own error, e.g. a duplicate name)
+        raise ConfigError(one_line(f"plugins: importing {name!r} failed: {type(exc).__name__}: "
+                                   f"{_exception_text(exc)}")) from exc
+
+
+def one_line(text: str) -> str:
+    """``text`` with its lines joined: error messages are printed as exactly one line."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _exception_text(exc: BaseException) -> str:
+    """The message of ``exc`` (a ``KeyError``'s without the quotes ``str`` adds)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        return str(exc.args[0])
+    return str(exc)
 
 
 def _kebab(name: str) -> str:
@@ -339,24 +523,35 @@ def _field(cls: type, key: str, top_level: bool = False) -> dataclasses.Field:
 
 
 def _coerce(key: str, value: Any, fld: dataclasses.Field) -> Any:
-    kind = type(fld.default)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(float(value)):
-                raise ConfigError(f"{key}={value} is invalid; valid: a finite number")
-            return float(value)
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key}={value!r} has the wrong type; valid: a {kind.__name__}")
+    return coerce_scalar(key, value, type(fld.default))
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def coerce_scalar(key: str, value: Any, kind: type) -> Any:
+    """``value`` as a ``kind`` (bool, int, float or str), else a one-line :class:`ConfigError`.
+
+    Ints accept integral floats (TOML ``1e3``); floats accept ints but not NaN or infinity.
+    """
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is float and number:
+        return _finite(key, value)
+    if kind is int and number and (isinstance(value, int) or value.is_integer()):
+        return int(value)
+    if kind in (bool, str) and isinstance(value, kind):
+        return value
+    raise ConfigError(f"{key}={value!r} has the wrong type; valid: {_KIND_NAMES.get(kind, kind.__name__)}")
+
+
+def _finite(key: str, value: float) -> float:
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond the float range
+        result = math.inf
+    if not math.isfinite(result):
+        raise ConfigError(f"{key}={_show(value)} is invalid; valid: a finite number")
+    return result
 
 
 def _positive(key: str, value: float) -> None:
@@ -367,6 +562,44 @@ def _positive(key: str, value: float) -> None:
 def _at_least(key: str, value: float, low: float) -> None:
     if not value >= low:
         raise ConfigError(f"{key}={value} is invalid; valid: a value >= {low}")
+
+
+def _in_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key}={_show(value)} is invalid; valid: {low}..{high}")
+
+
+def _not_above(key: str, value: int, limit_key: str, limit: int) -> None:
+    if value > limit:
+        raise ConfigError(f"{key}={_show(value)} is larger than {limit_key}={limit}; valid: 1..{limit}")
+
+
+def _show(value: float) -> str:
+    """``value`` for an error message; an absurdly long int (TOML ``1e300`` as an int key) is shortened."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:8]}...({len(text)} digits)"
+
+
+def _name(key: str, value: str) -> None:
+    """A name that becomes part of a directory name (``experiment``)."""
+    if not value.isprintable() or value in ("", ".", "..") or "/" in value or "\\" in value:
+        raise ConfigError(f"{key}={value!r} is invalid; valid: a non-empty printable name without '/'")
+
+
+def _path(key: str, value: str, empty_ok: bool = False) -> None:
+    if (not value and not empty_ok) or "\0" in value:
+        valid = "a directory path" + (", or ''" if empty_ok else "")
+        raise ConfigError(f"{key}={value!r} is invalid; valid: {valid} (no NUL characters)")
+
+
+def _hidden_sizes(text: str) -> None:
+    widths = text.replace(" ", "")
+    ok = not widths or (re.fullmatch(r"[0-9]{1,9}(,[0-9]{1,9})*", widths) is not None
+                        and widths.count(",") < MAX_LAYERS
+                        and all(1 <= int(w) <= MAX_WIDTH for w in widths.split(",")))
+    if not ok:
+        raise ConfigError(f"policy.hidden-sizes={text!r} is invalid; valid: up to {MAX_LAYERS} comma-separated "
+                          f"widths 1..{MAX_WIDTH} like '64,64', or '' for a linear (tabular-softmax) policy")
 
 
 def _choice(key: str, value: str, choices: list[str]) -> None:

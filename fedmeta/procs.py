@@ -3,27 +3,53 @@
 The runner makes itself a *child subreaper* (Linux ``PR_SET_CHILD_SUBREAPER``): processes
 whose parent dies (Ray's raylet, gcs_server, workers; Flower's superexec and app processes)
 are re-parented to the runner instead of init, so it can find and end every one of them,
-by PID, when the run finishes or is interrupted.
+by PID, when the run finishes or is interrupted.  A child started with
+``preexec_fn=functools.partial(die_with_parent, os.getpid())`` gets SIGTERM from the kernel
+when the runner dies, even by SIGKILL, and can then end its own descendants.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, value: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    return _libc().prctl(option, value, 0, 0, 0) == 0
 
 
 def become_subreaper() -> bool:
     """Adopt orphaned descendants (Linux only); returns whether it worked."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``sig`` to this process when ``parent`` dies, even by SIGKILL (Linux).
+
+    For ``subprocess.Popen(preexec_fn=...)``: ``parent`` is the PID of the process that starts
+    the child (the signal follows the thread that forked it, so start children from a thread
+    that lives as long as the process, e.g. the main thread).  If ``parent`` is already gone,
+    ``sig`` is sent at once.  Call :func:`become_subreaper` (or any prctl user) in the parent
+    first, so that the forked child does not load libc (``dlopen`` is unsafe after ``fork``).
+    """
+    _prctl(PR_SET_PDEATHSIG, sig)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
 
 
 def _parent_map() -> dict[int, int]:
@@ -53,7 +79,13 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def live_descendants(pid: int) -> list[int]:
+    """:func:`descendants` of ``pid`` that are not zombies."""
+    return [p for p in descendants(pid) if alive(p)]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -76,10 +108,10 @@ def terminate(pids: list[int], grace: float = 10.0) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
             reap()
             time.sleep(0.1)
-        if not any(_alive(p) for p in pids):
+        if not any(alive(p) for p in pids):
             break
     reap()
 
@@ -95,9 +127,18 @@ def reap() -> None:
             return
 
 
-def end_tree(root: int | None = None, grace: float = 10.0) -> list[int]:
-    """End every descendant of ``root`` (default: this process); returns the PIDs it signalled."""
-    pids = descendants(root if root is not None else os.getpid())
-    if pids:
+def end_tree(root: int | None = None, grace: float = 10.0, passes: int = 3) -> list[int]:
+    """End every descendant of ``root`` (default: this process); returns the PIDs it signalled.
+
+    A process can start children while its tree is being ended, and orphans of a subreaper
+    reappear under it: each pass lists the live descendants again, up to ``passes`` times.
+    """
+    ended: list[int] = []
+    reap()
+    for _ in range(passes):
+        pids = live_descendants(root if root is not None else os.getpid())
+        if not pids:
+            break
         terminate(pids, grace)
-    return pids
+        ended += pids
+    return ended

@@ -20,7 +20,8 @@ class Registry(Generic[T]):
 
         def deco(obj: T) -> T:
             if name in self._items:
-                raise KeyError(f"{self.kind} {name!r} is already registered")
+                raise KeyError(f"{self.kind} {name!r} is already registered (by {_origin(self._items[name])}); "
+                               f"valid: a new name, not one of {', '.join(sorted(self._items))}")
             self._items[name] = obj
             return obj
 
@@ -40,3 +41,8 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
+
+
+def _origin(obj: object) -> str:
+    """The module that defined ``obj`` (a function, class or instance), for error messages."""
+    return str(getattr(obj, "__module__", None) or type(obj).__module__)

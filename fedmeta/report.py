@@ -242,7 +242,9 @@ def column_title(metric: str) -> str:
             step, _, suffix = metric[len(prefix):].partition("-")
             return f"{name} {step}" + {"return": "", "undiscounted-return": " undisc.", "exact-return": " exact",
                                        "pct-optimal": " % opt"}.get(suffix, f" {suffix}")
-    return {"personal-return": "personal", "meta-return": "meta", "env-steps": "env steps",
+    return {"personal-return": "personal MC", "meta-return": "meta MC", "env-steps": "env steps",
+            "personal-undiscounted-return": "personal MC undisc.", "meta-undiscounted-return": "meta MC undisc.",
+            "personal-exact-return": "personal exact", "meta-exact-return": "meta exact",
             "personal-pct-optimal": "personal % opt", "min-personal-pct-optimal": "worst task % opt",
             "meta-pct-optimal": "meta % opt"}.get(metric, metric)
 
@@ -267,7 +269,10 @@ def format_markdown(result: Mapping[str, Any], columns: Sequence[str] | None = N
         f"n = {n_text} seeds per group; grouped by {', '.join(result['group-by'])}.",
         "",
         "personal/meta: discounted return of the personalized/meta policy on the training tasks; "
-        "held-out j: discounted (undisc.: undiscounted) return on held-out tasks after j adaptation steps.", "",
+        "held-out j: discounted (undisc.: undiscounted) return on held-out tasks after j adaptation steps. "
+        "Every return is a Monte-Carlo estimate (MC: the mean of eval.episodes sampled episodes) unless marked "
+        "exact (the expected return computed exactly, tabular families); % opt: the exact return as % of the "
+        "optimal one.", "",
         "| group | n | " + " | ".join(column_title(c) for c in columns) + " |",
         "|---|---|" + "---|" * len(columns),
     ]

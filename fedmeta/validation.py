@@ -38,7 +38,9 @@ def check_update(reference: Mapping[str, np.ndarray], update: Mapping[str, np.nd
     if weight is not None and not weight > 0:  # type: ignore[operator]
         return f"metric {WEIGHT_KEY!r} must be > 0, got {weight}"
     if max_update_norm > 0:
-        norm = math.sqrt(sum(float(((update[k] - reference[k]) ** 2).sum()) for k in reference))
+        from fedmeta.robust import update_norm
+
+        norm = update_norm(update, reference)  # float64: float32 squares overflow near 1e19
         if norm > max_update_norm:
             return f"update norm {norm:.3g} exceeds fed.max-update-norm={max_update_norm}"
     return None

@@ -17,6 +17,7 @@ import torch
 from fedmeta.algorithms import CLIENT_ALGORITHMS, SOLVERS, PrivateState
 from fedmeta.algorithms.client import load_params
 from fedmeta.config import ExperimentConfig
+from fedmeta.faults import maybe_random_actions
 from fedmeta.policies import Policy, make_policy
 from fedmeta.rollouts import collect_episodes, discounted_return
 from fedmeta.seeding import stream_seed
@@ -98,7 +99,8 @@ class TaskWorker:
         """The task's vector env, built on first use (a query never starts sampler workers)."""
         if self._venv is None:
             num_envs = max(self.cfg.solver.episodes_per_step, self.cfg.eval.episodes)
-            self._venv = self.family.make_vector_env(self.spec, num_envs, self.cfg.client.sampler_workers)
+            self._venv = maybe_random_actions(
+                self.family.make_vector_env(self.spec, num_envs, self.cfg.client.sampler_workers))
         return self._venv
 
     def close(self) -> None:

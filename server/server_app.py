@@ -13,12 +13,12 @@ from flwr.app import ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedmeta.config import ExperimentConfig
+from fedmeta.config import ExperimentConfig, plugin_dirs
 from fedmeta.records import arrays_to_record, record_to_arrays
 from fedmeta.results import RunWriter, default_run_dir
 from fedmeta.summary import build_summary
 from fedmeta.worker import initial_meta_policy, tasks_of
-from server.discovery import discover_tasks
+from server.discovery import DiscoveryError, discover_tasks
 from server.strategies import STRATEGIES
 
 
@@ -29,14 +29,60 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
     return default_run_dir(cfg.output_dir, cfg.experiment, cfg.algorithm, cfg.seed)
 
 
+def run_components(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What this run uses, for config.json's ``components``: the client algorithm, strategy, aggregator,
+    server optimizer, local solver and task family, each with the module that registered it (a
+    plug-in's module shows here), and the plug-in modules and directories."""
+    from fedmeta.aggregation import AGGREGATORS
+    from fedmeta.algorithms import CLIENT_ALGORITHMS, SOLVERS
+    from fedmeta.server_opt import SERVER_OPTIMIZERS
+    from fedmeta.tasks import TASK_FAMILIES
+
+    chosen = {"algorithm": (CLIENT_ALGORITHMS, cfg.algorithm), "strategy": (STRATEGIES, cfg.fed.strategy),
+              "aggregator": (AGGREGATORS, cfg.fed.aggregator),
+              "server-optimizer": (SERVER_OPTIMIZERS, cfg.fed.server_optimizer),
+              "solver": (SOLVERS, cfg.solver.name), "task-family": (TASK_FAMILIES, cfg.task.family)}
+    components: dict[str, Any] = {kind: {"name": name, "module": _module_of(registry.get(name))}
+                                  for kind, (registry, name) in chosen.items()}
+    components["plugins"] = [name.strip() for name in cfg.plugins.split(",") if name.strip()]
+    components["plugins-path"] = plugin_dirs(cfg.plugins_path)
+    return components
+
+
+def _module_of(obj: object) -> str:
+    """The module that defined a registered function, class or instance."""
+    return str(getattr(obj, "__module__", None) or type(obj).__module__)
+
+
+def open_writer(cfg: ExperimentConfig) -> RunWriter:
+    """The run's writer, with rounds rows mirrored to TensorBoard when ``tensorboard`` is on."""
+    writer = RunWriter(run_dir_for(cfg))
+    if cfg.tensorboard:
+        from fedmeta.tensorboard_log import LOG_DIR, TensorBoardLog
+
+        writer.subscribe("rounds", TensorBoardLog(writer.run_dir / LOG_DIR))
+    return writer
+
+
 def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
     """Train for ``num-server-rounds`` and return the summary (also written to summary.json)."""
-    writer = RunWriter(run_dir_for(cfg))
+    writer = open_writer(cfg)
     train, test = tasks_of(cfg)
-    writer.write_config(cfg.to_flat(), {"train-tasks": [json.loads(s.to_json()) for s in train],
+    components = run_components(cfg)
+    writer.write_config(cfg.to_flat(), {"components": components,
+                                        "train-tasks": [json.loads(s.to_json()) for s in train],
                                         "test-tasks": [json.loads(s.to_json()) for s in test]})
-    log(INFO, "fedmeta: results in %s", writer.run_dir)
-    federation = discover_tasks(grid, cfg.task.num_clients, cfg.fed.round_timeout, cfg.task.num_test_tasks)
+    log(INFO, "fedmeta: results in %s; components %s", writer.run_dir,
+        ", ".join(f"{kind} {c['name']} ({c['module']})" for kind, c in components.items() if isinstance(c, dict)))
+    try:
+        federation = discover_tasks(grid, train, test, cfg.fed.discovery_timeout, cfg.fed.allow_missing_tasks,
+                                    cfg.fed.clients_per_round)
+    except DiscoveryError as exc:
+        if exc.rejected:
+            writer.append("rejections", exc.rejected)
+        raise
+    if federation.rejected:
+        writer.append("rejections", federation.rejected)
     w0 = initial_meta_policy(cfg)
     writer.save_meta_policy(w0, 0, "meta_policy_init.pt")
     strategy = STRATEGIES.get(cfg.fed.strategy)(cfg, federation, writer)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 from logging import INFO, WARNING
 
 import numpy as np
@@ -24,12 +25,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedmeta.aggregation import AGGREGATORS
+from fedmeta.aggregation import AGGREGATORS, bind
 from fedmeta.algorithms import CLIENT_ALGORITHMS
 from fedmeta.config import ExperimentConfig
 from fedmeta.records import arrays_to_record, finite_metrics, record_to_arrays, record_to_metrics
 from fedmeta.registry import Registry
 from fedmeta.results import RunWriter
+from fedmeta.robust import NormGuard, Quarantine, min_clients, scale_update, screen_around_center, update_norm
+from fedmeta.text import short_reason
 from fedmeta.seeding import stream_seed
 from fedmeta.server_opt import SERVER_OPTIMIZERS, pseudo_gradient
 from fedmeta.summary import curve_means
@@ -39,6 +42,9 @@ from server.progress import Progress
 
 TRAIN_METRICS = {WEIGHT_KEY, "task-id", "train-return", "inner-steps", "grad-norm", "prox-distance"}
 ROW_KEYS = {"task-id", "test-task", "personal-adapted"}  # per-client identifiers, not averaged
+
+
+Candidate = tuple[int, dict[str, np.ndarray], dict[str, float | int]]  # (task id, arrays, metrics)
 
 
 class RoundFailedError(RuntimeError):
@@ -59,7 +65,12 @@ class MetaFedAvg(FedAvg):
         self.test_nodes = {t: n for n, t in federation.test.items()}
         self.writer = writer
         self.progress = progress or Progress(cfg.num_server_rounds)
-        self.aggregator = AGGREGATORS.get(cfg.fed.aggregator)
+        self.aggregator = bind(AGGREGATORS.get(cfg.fed.aggregator), cfg.fed)
+        self.guard = NormGuard(cfg.fed.clip_factor, cfg.fed.reject_factor, cfg.fed.norm_window)
+        self.quarantine = Quarantine(cfg.fed.quarantine_after, cfg.fed.quarantine_rounds)
+        self._sent: dict[int, int] = {}  # node → task sampled this round
+        self._eval_sent: dict[int, int] = {}  # node → task asked to evaluate this round
+        self._short_of: set[int] = set()  # the quarantined tasks last reported as leaving fewer than B
         self.upload = CLIENT_ALGORITHMS.get(cfg.algorithm).upload
         self.server_optimizer = SERVER_OPTIMIZERS.get(cfg.fed.server_optimizer)(cfg)
         self._rng = np.random.default_rng(stream_seed(cfg.seed, "client-sampling"))
@@ -78,9 +89,16 @@ class MetaFedAvg(FedAvg):
 
     # ------------------------------------------------------------------ train
     def sample_tasks(self, server_round: int) -> list[int]:
-        """B training-task ids drawn without replacement from the seeded sampling stream."""
-        tasks = sorted(self.task_nodes)
-        return sorted(int(t) for t in self._rng.choice(tasks, size=self.cfg.fed.clients_per_round, replace=False))
+        """B training-task ids drawn without replacement from the seeded sampling stream; quarantined
+        tasks are left out (fewer than B when too many are quarantined)."""
+        blocked = self.quarantine.blocked(server_round)
+        tasks = [t for t in sorted(self.task_nodes) if t not in blocked]
+        size = min(self.cfg.fed.clients_per_round, len(tasks))
+        if size < self.cfg.fed.clients_per_round and blocked != self._short_of:
+            log(WARNING, "round %d: only %d tasks are not quarantined (quarantined: %s); sampling %d per round "
+                "until that changes", server_round, len(tasks), sorted(blocked), size)
+        self._short_of = blocked if size < self.cfg.fed.clients_per_round else set()
+        return sorted(int(t) for t in self._rng.choice(tasks, size=size, replace=False))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._round_start = time.monotonic()
@@ -88,30 +106,24 @@ class MetaFedAvg(FedAvg):
         config = ConfigRecord(dict(config))  # FedAvg mutates the record it is given; don't share it
         config["server-round"] = server_round
         tasks = self.sample_tasks(server_round)
+        self._sent = {self.task_nodes[t]: t for t in tasks}
         record = RecordDict({"arrays": arrays, "config": config})
         return self._construct_messages(record, [self.task_nodes[t] for t in tasks], "train")
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted: list[tuple[int, dict[str, np.ndarray], dict[str, float | int]]] = []
-        rejected = []
-        reference = self._w if self.upload != "gradient" else {k: np.zeros_like(v) for k, v in self._w.items()}
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            task = self.node_tasks.get(node, -1)
-            reason, arrays, metrics = _unpack(reply)
-            if reason is None:
-                reason = check_update(reference, arrays, metrics, TRAIN_METRICS, self.cfg.fed.max_update_norm)
-            if reason is not None:
-                log(WARNING, "round %d: rejected the update of node %d (task %d): %s", server_round, node, task, reason)
-                rejected.append({"round": server_round, "node-id": node, "task-id": task, "reason": reason})
-                continue
-            accepted.append((task, arrays, metrics))
+        reference = self._w if self.upload == "model" else None
+        candidates, rejected = self._screen_replies(server_round, "train", list(replies), reference)
+        accepted = self._guard_updates(server_round, candidates, reference, rejected)
+        newly = self.quarantine.update(server_round, [r["task-id"] for r in rejected], [t for t, _, _ in accepted])
+        for task in newly:
+            log(WARNING, "round %d: task %d quarantined for %d rounds after %d consecutive rejected rounds",
+                server_round, task, self.cfg.fed.quarantine_rounds, self.cfg.fed.quarantine_after)
         if rejected:
             self.writer.append("rejections", rejected)
         if len(accepted) < self.cfg.fed.min_replies:
             raise RoundFailedError(
                 f"round {server_round}: {len(accepted)} valid updates, fewer than fed.min-replies="
-                f"{self.cfg.fed.min_replies} ({len(rejected)} rejected or failed); see rejections.jsonl"
+                f"{self.cfg.fed.min_replies} ({len(rejected)} rejected, failed or timed out); see rejections.jsonl"
             )
         accepted.sort(key=lambda item: item[0])  # fixed order → bit-identical float sums
         new_w = self.server_step([a for _, a, _ in accepted], [m for _, _, m in accepted])
@@ -119,9 +131,10 @@ class MetaFedAvg(FedAvg):
         self.cum_env_steps += env_steps
         rows = [{"round": server_round, "phase": "train", **m} for _, _, m in accepted]
         self.writer.append("clients", rows)
-        means = _mean_metrics([m for _, _, m in accepted], exclude={"task-id"})
+        means = _mean_metrics([m for _, _, m in accepted], exclude={"task-id", "clipped", "center-distance-ratio"})
         self.writer.append("rounds", [{
             "round": server_round, "phase": "train", "tasks": [t for t, _, _ in accepted], "rejected": len(rejected),
+            "clipped": sum(int(m.get("clipped", 0)) for _, _, m in accepted), "quarantined": sorted(newly),
             "seconds": round(time.monotonic() - self._round_start, 4), "env-steps": env_steps,
             "cum-env-steps": self.cum_env_steps, **means,
         }])
@@ -129,11 +142,88 @@ class MetaFedAvg(FedAvg):
         self.progress.train(server_round, [t for t, _, _ in accepted], means, len(rejected))
         return arrays_to_record(new_w), MetricRecord(means)
 
+    def _screen_replies(self, server_round: int, phase: str, replies: list[Message],
+                        reference: dict[str, np.ndarray] | None) -> tuple[list[Candidate], list[dict[str, Any]]]:
+        """Well-formed, finite, right-shaped updates of sampled nodes, and a rejection row for every
+        other reply and for every sampled node that did not reply within ``fed.round-timeout``."""
+        candidates: list[Candidate] = []
+        rejected: list[dict[str, Any]] = []
+        shape_ref = self._w if reference is not None else {k: np.zeros_like(v) for k, v in self._w.items()}
+        replied = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            task = self.node_tasks.get(node, -1)
+            replied.add(node)
+            reason, arrays, metrics = _unpack(reply)
+            if reason is None and node not in self._sent:
+                reason = "reply from a node that was not sampled this round"
+            if reason is None:
+                reason = check_update(shape_ref, arrays, metrics, TRAIN_METRICS, self.cfg.fed.max_update_norm)
+            if reason is not None:
+                rejected.append(self._reject(server_round, phase, node, task, reason))
+                continue
+            candidates.append((task, arrays, metrics))
+        for node in sorted(set(self._sent) - replied):
+            reason = f"no reply within fed.round-timeout={self.cfg.fed.round_timeout:g}s"
+            rejected.append(self._reject(server_round, phase, node, self._sent[node], reason))
+        return candidates, rejected
+
+    def _reject(self, server_round: int, phase: str, node: int, task: int, reason: str) -> dict[str, Any]:
+        """Log a rejection: one short line on the console and in rejections.jsonl, the full text in
+        client-errors.log."""
+        short = short_reason(reason)
+        log(WARNING, "round %d: rejected the %s reply of node %d (task %d): %s", server_round, phase, node, task, short)
+        if short != reason:
+            self.writer.log_text("client-errors.log", f"round {server_round} {phase} node {node} task {task}:\n{reason}")
+        return {"round": server_round, "phase": phase, "node-id": node, "task-id": task, "reason": short}
+
+    def _guard_updates(self, server_round: int, candidates: list[Candidate], reference: dict[str, np.ndarray] | None,
+                       rejected: list[dict[str, Any]]) -> list[Candidate]:
+        """The adaptive norm bound (``fedmeta.robust.NormGuard``: reject or clip outliers), then the
+        direction check around the round's coordinate-wise median (``fed.center-factor``)."""
+        if self.upload == "none":
+            return candidates
+        return self._guard_directions(server_round, self._guard_norms(server_round, candidates, reference, rejected),
+                                      rejected)
+
+    def _guard_norms(self, server_round: int, candidates: list[Candidate], reference: dict[str, np.ndarray] | None,
+                     rejected: list[dict[str, Any]]) -> list[Candidate]:
+        if not self.guard.enabled or not candidates:
+            return candidates
+        norms = [update_norm(arrays, reference) for _, arrays, _ in candidates]
+        _, reasons, scales = self.guard.screen(norms)
+        accepted: list[Candidate] = []
+        for (task, arrays, metrics), norm, reason, scale in zip(candidates, norms, reasons, scales):
+            if reason is not None:
+                rejected.append(self._reject(server_round, "train", self.task_nodes[task], task, reason))
+                continue
+            metrics = {**metrics, "update-norm": norm, "clipped": int(scale < 1.0)}
+            accepted.append((task, scale_update(arrays, reference, scale), metrics))
+        self.guard.record([m["update-norm"] for _, _, m in accepted])
+        return accepted
+
+    def _guard_directions(self, server_round: int, candidates: list[Candidate],
+                          rejected: list[dict[str, Any]]) -> list[Candidate]:
+        if len(candidates) < 3 or self.cfg.fed.center_factor <= 0:  # a center needs a majority to stand on
+            return candidates
+        ratios, reasons = screen_around_center([a for _, a, _ in candidates], self.cfg.fed.center_factor)
+        kept: list[Candidate] = []
+        for (task, arrays, metrics), ratio, reason in zip(candidates, ratios, reasons):
+            if reason is not None:
+                rejected.append(self._reject(server_round, "train", self.task_nodes[task], task, reason))
+                continue
+            kept.append((task, arrays, {**metrics, "center-distance-ratio": ratio}))
+        return kept
+
     def server_step(self, uploads: list[dict[str, np.ndarray]], metrics: list[dict[str, float | int]]) -> dict[str, np.ndarray]:
         """Aggregate the uploads and step the meta-policy (unchanged for algorithms that upload nothing)."""
         if self.upload == "none":
             return self._w
         weights = [float(m[WEIGHT_KEY]) if self.cfg.fed.weighting == "num-env-steps" else 1.0 for m in metrics]
+        needed = min_clients(self.cfg.fed.aggregator, self.cfg.fed.byzantine)
+        if len(uploads) < needed:
+            log(WARNING, "fed.aggregator=%r needs %d updates (fed.byzantine=%d) and got %d this round",
+                self.cfg.fed.aggregator, needed, self.cfg.fed.byzantine, len(uploads))
         aggregate = self.aggregator(uploads, weights)
         g = aggregate if self.upload == "gradient" else pseudo_gradient(self._w, aggregate)
         return self.server_optimizer.step(self._w, g)
@@ -147,6 +237,7 @@ class MetaFedAvg(FedAvg):
             return []
         config = ConfigRecord(dict(config))
         config["server-round"] = server_round
+        self._eval_sent = {**{n: t for n, t in self.node_tasks.items()}, **{n: t for n, t in self.federation.test.items()}}
         messages = list(self._construct_messages(RecordDict({"arrays": arrays, "config": config}),
                                                  [self.task_nodes[t] for t in sorted(self.task_nodes)], "evaluate"))
         if self.test_nodes:  # meta-test; the reference curve from w⁰ once, at the first evaluation that returns it
@@ -157,16 +248,27 @@ class MetaFedAvg(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         rows: list[dict[str, float | int]] = []
+        failed: list[dict[str, Any]] = []
+        replied = set()
         for reply in replies:
             node = reply.metadata.src_node_id
+            replied.add(node)
+            task = self._eval_sent.get(node, -1)
             if reply.has_error():
-                log(WARNING, "round %d: evaluation failed on node %d: %s", server_round, node, reply.error.reason)
+                failed.append(self._reject(server_round, "evaluate", node, task,
+                                           f"client error {reply.error.code}: {reply.error.reason}"))
                 continue
             metrics = record_to_metrics(reply.content["metrics"])
             if not finite_metrics(metrics):
-                log(WARNING, "round %d: dropped non-finite evaluation metrics of node %d", server_round, node)
+                failed.append(self._reject(server_round, "evaluate", node, task, "non-finite evaluation metrics"))
                 continue
             rows.append(metrics)
+        for node in sorted(set(self._eval_sent) - replied):
+            failed.append(self._reject(server_round, "evaluate", node, self._eval_sent[node],
+                                       f"no reply within fed.round-timeout={self.cfg.fed.round_timeout:g}s"))
+        self._eval_sent = {}
+        if failed:
+            self.writer.append("rejections", failed)
         train = sorted((r for r in rows if not r.get("test-task")), key=lambda m: m["task-id"])
         test = sorted((r for r in rows if r.get("test-task")), key=lambda m: m["task-id"])
         means: dict[str, float] = {}

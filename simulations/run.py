@@ -2,7 +2,16 @@
 
 Usage: ``python -m simulations.run '<flat config JSON>'``.  The config was validated by the
 parent; here the strategy name is checked too, then Flower's simulation engine (Ray) runs
-the ServerApp and one virtual SuperNode per training task.  Exit code 2 = config error.
+the ServerApp and one virtual SuperNode per training task, on a
+:class:`fedmeta.sim_backend.BoundedRayBackend`: a ClientApp call gets ``fed.round-timeout``
+(a discovery query ``fed.discovery-timeout``) plus :data:`CLIENT_GRACE` seconds.  Exit code
+2 = config error, 1 = the run failed.
+
+Lifetime: this process adopts its orphaned descendants; on SIGTERM (also sent by the kernel
+when ``fedmeta run`` dies) it ends them all, removes ``$FEDMETA_RUN_TMP`` and exits 143.
+When the ServerApp finishes it writes the outcome to ``$FEDMETA_DONE_FILE``; once the engine
+returns, the process exits at once (``os._exit``), whatever threads are still waiting.
+Flower's log goes to ``<run-dir>/fedmeta.log``, one line per record on the console.
 """
 
 from __future__ import annotations
@@ -10,9 +19,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
+from fedmeta import procs
 from fedmeta.config import ConfigError, ExperimentConfig
+
+if TYPE_CHECKING:
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+PARENT = os.getppid()  # fedmeta run; when it is gone, the temporary directory is ours to remove
+STOP = threading.Event()  # set when the ServerApp has finished or the process is ending: no more ClientApp work
+CLIENT_GRACE = 5.0  # seconds a ClientApp may run past fed.round-timeout before its actor is replaced
 
 
 class _DropDeprecation(logging.Filter):
@@ -23,9 +47,77 @@ class _DropDeprecation(logging.Filter):
         return "DEPRECATED" not in record.getMessage() and "run_simulation" not in record.getMessage()
 
 
+def end_now(signum: int, frame: FrameType | None = None) -> NoReturn:
+    """SIGTERM: end every descendant, remove the run's temporary directory, exit 128 + signum."""
+    STOP.set()  # the backend must not replace the actors being ended
+    logging.disable(logging.WARNING)  # nor the ServerApp report the replies that fail now
+    exit_now(128 + signum, grace=2.0, remove_tmp=True)
+
+
+def claim_sigterm() -> None:
+    """Install :func:`end_now` for SIGTERM (``ray.init`` replaces the handler with its own)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, end_now)
+
+
+def exit_now(code: int, grace: float = 5.0, remove_tmp: bool = False) -> NoReturn:
+    """End every descendant, flush and leave with ``code`` without waiting for threads (a
+    ServerApp thread may still wait for nodes after the engine failed).  The run's temporary
+    directory is removed if ``remove_tmp`` or ``fedmeta run`` is gone."""
+    procs.end_tree(grace=grace)
+    if (remove_tmp or os.getppid() != PARENT) and os.environ.get("FEDMETA_RUN_TMP"):
+        shutil.rmtree(os.environ["FEDMETA_RUN_TMP"], ignore_errors=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def write_outcome(error: str | None) -> None:
+    """The ServerApp's outcome, for ``fedmeta run``'s watchdog: ``{"code": 0|1, "error": ...}``."""
+    path = os.environ.get("FEDMETA_DONE_FILE")
+    if path:
+        partial = Path(path + ".part")
+        partial.write_text(json.dumps({"code": 1 if error else 0, "error": error}))
+        partial.replace(path)
+
+
+def reporting(app: ServerApp, done: threading.Event) -> ServerApp:
+    """``app`` wrapped so that when its main returns or raises, the outcome is written
+    (:func:`write_outcome`) and ``done`` is set."""
+    from flwr.serverapp import ServerApp
+
+    outer = ServerApp()
+
+    @outer.main()
+    def main(grid: Grid, context: Context) -> None:
+        error = None
+        try:
+            app(grid, context)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            write_outcome(error)
+            done.set()
+
+    return outer
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: message"``, and the root cause's when the engine wrapped it (``Simulation Runtime crashed``)."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = f"{type(exc).__name__}: {exc}"
+    return text if root is exc else f"{text} (cause: {type(root).__name__}: {str(root).strip()})"
+
+
 def main(argv: list[str]) -> int:
     flat = json.loads(argv[0])
     try:
+        # imports the plug-ins: plugins-path (absolute, from fedmeta run) goes on sys.path before Ray
+        # starts, and Flower's RayBackend hands this sys.path to its workers as their PYTHONPATH
         cfg = ExperimentConfig.from_flat(flat)
         from server.strategies import STRATEGIES
 
@@ -33,31 +125,49 @@ def main(argv: list[str]) -> int:
     except (ConfigError, KeyError) as exc:
         print(f"fedmeta: error: {str(exc).strip(chr(34))}", file=sys.stderr)
         return 2
+    procs.become_subreaper()
+    claim_sigterm()
     from flwr.simulation import run_simulation
 
     import clients.client_app
     import server.server_app
+    from fedmeta.sim_backend import backend_settings, bounded_ray_backend
+    from fedmeta.sim_logging import route_flower_logs
 
-    flwr_logger = logging.getLogger("flwr")
-    flwr_logger.setLevel(logging.WARNING)
-    flwr_logger.addFilter(_DropDeprecation())
-    for handler in flwr_logger.handlers:
-        handler.addFilter(_DropDeprecation())
+    route_flower_logs(Path(cfg.run_dir) if cfg.run_dir else Path.cwd())
+    logging.getLogger("flwr").addFilter(_DropDeprecation())
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     sim = cfg.simulation
     backend_config = {
         "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus},
         "init_args": {"num_cpus": sim.num_cpus, "num_gpus": 1 if sim.client_gpus > 0 else 0,
                       "include_dashboard": False, "object_store_memory": 256 * 1024 * 1024},
+        # discovery (message type "query") waits fed.discovery-timeout, the rounds fed.round-timeout
+        **backend_settings(cfg.fed.round_timeout + CLIENT_GRACE, {"query": cfg.fed.discovery_timeout + CLIENT_GRACE}),
     }
     try:
-        run_simulation(server_app=server.server_app.make_app(flat), client_app=clients.client_app.make_app(flat),
-                       num_supernodes=cfg.task.num_clients + cfg.task.num_test_tasks, backend_config=backend_config)
+        with bounded_ray_backend(stop=STOP, on_ray_started=claim_sigterm) as backend_name:
+            run_simulation(server_app=reporting(server.server_app.make_app(flat), STOP),
+                           client_app=clients.client_app.make_app(flat),
+                           num_supernodes=cfg.task.num_clients + cfg.task.num_test_tasks,
+                           backend_name=backend_name, backend_config=backend_config)  # type: ignore[arg-type]
     except Exception as exc:  # the ServerApp's error, re-raised by the engine: one clear line, non-zero exit
-        print(f"fedmeta: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"fedmeta: error: {describe(exc)}", file=sys.stderr)
         return 1
     return 0
 
 
+def run(argv: list[str]) -> NoReturn:
+    """:func:`main`, then :func:`exit_now`; also after Ray's own SIGTERM handler (installed while
+    ``ray.init`` runs, before :func:`claim_sigterm` takes SIGTERM back) raised ``SystemExit``."""
+    code = 1
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run(sys.argv[1:])

@@ -1,4 +1,5 @@
-"""Deployment on loopback: one SuperLink, three training SuperNodes and one held-out (test) SuperNode.
+"""Deployment on loopback: one SuperLink, three training SuperNodes, one held-out (test) SuperNode and
+one rogue SuperNode whose declared task differs from the run's (turned away at discovery).
 
 Runs the README's deployment commands for real (``flower-superlink``, ``flower-supernode``,
 ``flwr run . deploy``), checks that the run completed with three clients, and ends every
@@ -19,6 +20,7 @@ import pytest
 
 from fedmeta import procs
 from fedmeta.results import read_jsonl
+from fedmeta.tasks import TaskSpec, task_split
 
 BIN = Path(sys.executable).parent
 
@@ -37,6 +39,18 @@ def _wait_port(port: int, timeout: float = 60.0) -> None:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _wait_online(env: dict[str, str], cwd: Path, count: int, timeout: float = 60.0) -> None:
+    """Wait until the SuperLink lists ``count`` online SuperNodes (so discovery sees the rogue node too)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listing = subprocess.run([str(BIN / "flwr"), "supernode", "list", "deploy"], cwd=cwd, env=env,
+                                 capture_output=True, text=True, timeout=60)
+        if listing.stdout.lower().count("online") >= count:
+            return
+        time.sleep(1.0)
+    raise TimeoutError(f"fewer than {count} SuperNodes online after {timeout:.0f}s:\n{listing.stdout}")
 
 
 @pytest.mark.slow
@@ -62,11 +76,17 @@ def test_superlink_and_three_supernodes_on_loopback(tmp_path, root):
         start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
                             "--disable-runtime-dependency-installation", "--database", str(tmp_path / "state.db")])
         _wait_port(link_port)
-        node_configs = [f'task-id={task_id} device="cpu"' for task_id in range(3)] + ['test-task-id=0 device="cpu"']
+        # a rogue node first: it declares training task 2 with another goal and must be turned away
+        honest = task_split("point-nav", 3, 1, 0, horizon=20)[0][2]
+        rogue = TaskSpec(honest.family, {**honest.params, "goal": [0.45, -0.45]}, honest.horizon, honest.task_id)
+        rogue_json = json.dumps(json.loads(rogue.to_json()), separators=(",", ":"))
+        node_configs = [f"task-spec='{rogue_json}' device=\"cpu\""]
+        node_configs += [f'task-id={task_id} device="cpu"' for task_id in range(3)] + ['test-task-id=0 device="cpu"']
         for i, node_config in enumerate(node_configs):  # three training tasks and one held-out (test) task
             start(f"supernode{i}", [
                 str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
                 "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config])
+        _wait_online(env, tmp_path, len(node_configs))
         overrides = (f"num-server-rounds=2 task.family='point-nav' task.horizon=20 task.num-test-tasks=1 "
                      f"eval.adapt-steps=1 solver.episodes-per-step=4 "
                      f"prox.inner-steps=2 eval.every=1 eval.episodes=2 fed.clients-per-round=2 fed.round-timeout=240 "
@@ -81,6 +101,9 @@ def test_superlink_and_three_supernodes_on_loopback(tmp_path, root):
 
         summary = json.loads((run_dir / "summary.json").read_text())
         assert [t["task-id"] for t in summary["tasks"]] == [0, 1, 2]
+        turned_away = [r for r in read_jsonl(run_dir / "rejections.jsonl") if r["phase"] == "discovery"]
+        assert len(turned_away) == 1 and turned_away[0]["task-id"] == 2, turned_away
+        assert "differs from the run's" in turned_away[0]["reason"]
         rows = read_jsonl(run_dir / "clients.jsonl")
         assert {r["task-id"] for r in rows if r["phase"] == "evaluate"} == {0, 1, 2}
         assert len([r for r in rows if r["phase"] == "train"]) == 4

@@ -7,6 +7,7 @@ and builds its environments from the spec (no ``set_task`` mutation).  A
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from fedmeta.gym_envs import GymEnv, register_env
 from fedmeta.registry import Registry
 
 if TYPE_CHECKING:
@@ -38,6 +40,11 @@ class TaskSpec:
             {"family": self.family, "params": dict(self.params), "horizon": self.horizon, "task_id": self.task_id},
             sort_keys=True,
         )
+
+    def fingerprint(self) -> int:
+        """A 62-bit digest of the spec (family, parameters, horizon, id), small enough for a metric:
+        the server checks a SuperNode's declared task against the run's task of that id."""
+        return int.from_bytes(hashlib.sha256(self.to_json().encode()).digest()[:8], "big") >> 2
 
     @classmethod
     def from_json(cls, text: str) -> TaskSpec:
@@ -75,18 +82,13 @@ class TaskFamily(ABC):
         return {**self.options, **options}
 
     def validate_options(self, options: Mapping[str, Scalar]) -> None:
-        from fedmeta.config import ConfigError
+        from fedmeta.config import ConfigError, coerce_scalar
 
         for key, value in options.items():
             if key not in self.options:
                 valid = ", ".join(f"task.{k}" for k in self.options) or "none"
                 raise ConfigError(f"unknown key 'task.{key}' for task family {self.name!r}; its options: {valid}")
-            default = self.options[key]
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise ConfigError(f"task.{key}={value!r} has the wrong type; valid: a number")
-            elif type(value) is not type(default):
-                raise ConfigError(f"task.{key}={value!r} has the wrong type; valid: a {type(default).__name__}")
+            coerce_scalar(f"task.{key}", value, type(self.options[key]))  # the default's type; numbers finite
             if key in self.option_choices and value not in self.option_choices[key]:
                 raise ConfigError(f"task.{key}={value!r} is invalid; choose from {', '.join(self.option_choices[key])}")
 
@@ -141,8 +143,7 @@ TASK_FAMILIES: Registry[TaskFamily] = Registry("task family")
 def register_gym_env(env_id: str, entry_point: str, max_episode_steps: int | None = None) -> None:
     """Register ``env_id`` (``fedmeta/<Name>-v0``) with gymnasium once; constructor kwargs are
     the task parameters, e.g. ``gymnasium.make("fedmeta/HalfCheetahVel-v0", goal_velocity=1.2)``."""
-    if env_id not in gym.registry:
-        gym.register(id=env_id, entry_point=entry_point, max_episode_steps=max_episode_steps)
+    register_env(GymEnv(env_id, entry_point, max_episode_steps))
 
 
 def register_family(family: TaskFamily) -> TaskFamily:

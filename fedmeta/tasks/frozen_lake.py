@@ -114,7 +114,7 @@ class FrozenLakeHoles(TaskFamily):
     def validate_options(self, options: Mapping[str, Scalar]) -> None:
         super().validate_options(options)
         if "size" in options:
-            self.require(options, "size", int(options["size"]) >= 2, "an integer >= 2")
+            self.require(options, "size", 2 <= int(options["size"]) <= 64, "an integer 2..64")
 
     def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
         size, p = int(options["size"]), PRESETS[str(options["preset"])]

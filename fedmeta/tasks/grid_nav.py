@@ -95,6 +95,15 @@ class GridNav(TaskFamily):
     discrete = True
     default_horizon = 20
     options: Mapping[str, Scalar] = {"size": 11}
+    max_size = 1001
+
+    def validate_options(self, options: Mapping[str, Scalar]) -> None:
+        """``task.size`` is odd (the grid is {-h..h}², h = size // 2) and at least 3 (h = 0 has no moves)."""
+        super().validate_options(options)
+        if "size" in options:
+            size = int(options["size"])
+            self.require(options, "size", size % 2 == 1 and 3 <= size <= self.max_size,
+                         f"an odd integer 3..{self.max_size}")
 
     def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
         size = int(options["size"])

@@ -97,6 +97,13 @@ class PointNav(TaskFamily):
     options: Mapping[str, Scalar] = {"goal-low": -0.5, "goal-high": 0.5, "reward": "l2", "terminate-at-goal": True}
     option_choices = {"reward": ("l2", "sq-l2")}
 
+    def validate_options(self, options: Mapping[str, Scalar]) -> None:
+        super().validate_options(options)
+        merged = {**self.options, **options}
+        low, high = float(merged["goal-low"]), float(merged["goal-high"])
+        key = "goal-low" if "goal-low" in options else "goal-high"
+        self.require(options, key, low <= high, f"task.goal-low <= task.goal-high (here {low:g} > {high:g})")
+
     def sample_params(self, n: int, rng: np.random.Generator, options: Mapping[str, Scalar]) -> list[dict[str, Any]]:
         low, high = float(options["goal-low"]), float(options["goal-high"])
         return [{"goal": [float(x) for x in rng.uniform(low, high, size=2)]} for _ in range(n)]

@@ -1,0 +1,68 @@
+"""Checks of this machine against a config, for the local simulation (``fedmeta run``) only.
+
+:meth:`ExperimentConfig.from_flat` also runs on every SuperNode of a deployment, where each
+node has its own devices; what *this* machine has (CUDA devices, CPUs, writable directories)
+is checked here, by the CLI, before any Flower or Ray process starts.  ``torch`` is imported
+only when a config asks for a GPU (importing it is slow).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fedmeta.config import ConfigError, ExperimentConfig
+
+
+def check_local_resources(cfg: ExperimentConfig) -> None:
+    """Raise a one-line :class:`ConfigError` when this machine cannot run ``cfg``'s simulation."""
+    _check_device(cfg.client.device)
+    _check_client_gpus(cfg.simulation.client_gpus)
+
+
+def resource_warnings(cfg: ExperimentConfig) -> list[str]:
+    """Settings this machine can run, but probably not as meant (one line each)."""
+    cpus = os.cpu_count() or 1
+    if cfg.simulation.num_cpus > cpus:
+        return [f"simulation.num-cpus={cfg.simulation.num_cpus} is more than this machine's {cpus} CPUs; "
+                "Ray will oversubscribe them"]
+    return []
+
+
+def prepare_dir(key: str, path: Path) -> None:
+    """Create the directory ``path`` (the value of config key ``key``) and check that it is writable."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}: {str(path)!r} is an existing file; valid: a directory path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot create the directory {str(path)!r} ({exc.strerror or exc}); "
+                          "valid: a writable directory path") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: the directory {str(path)!r} is not writable; valid: a writable directory path")
+
+
+def cuda_device_count() -> int:
+    """CUDA devices torch can use here (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _check_device(device: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    count = cuda_device_count()
+    if count == 0:
+        raise ConfigError(f"client.device={device!r} needs CUDA, which is not available on this machine; "
+                          "valid here: auto, cpu")
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise ConfigError(f"client.device={device!r} is invalid: this machine has {count} CUDA device(s); "
+                          f"valid: auto, cpu, cuda, cuda:0..cuda:{count - 1}")
+
+
+def _check_client_gpus(client_gpus: float) -> None:
+    if client_gpus > 0 and cuda_device_count() == 0:
+        raise ConfigError(f"simulation.client-gpus={client_gpus} needs a CUDA GPU, which is not available on this "
+                          "machine; valid here: 0")

@@ -1,0 +1,219 @@
+"""A Ray simulation backend whose ClientApp calls always end: bounded waits, fresh actors.
+
+Flower 1.41's ``RayBackend.process_message`` waits for a ClientApp's result with an unbounded
+``ray.get`` and puts the actor back into the pool whatever happened to it: one hung ClientApp
+blocks an actor (and ``run_simulation``) forever, and a crashed actor keeps failing every
+message routed to it.  :class:`BoundedRayBackend` waits at most ``message_timeout`` seconds from
+when the ServerApp sent the message,
+polling in short slices so that it also stops when the run ends; on a timeout or a dead
+actor it kills that actor (``ray.kill``), puts a fresh one in its place and raises an
+exception with a one-line message, which Flower's engine sends to the ServerApp as the
+reply's error reason.
+
+Flower 1.41 has no backend registry (``backend_name`` is only compared with ``"ray"``):
+``start_vce`` builds ``RayBackend(backend_config)``, looked up in
+``flwr.server.superlink.fleet.vce.backend.raybackend`` when the engine starts.
+:func:`bounded_ray_backend` puts this class there for the duration of a ``with`` block.
+
+Flower internals relied on (re-check them on a Flower upgrade):
+
+- ``vce_api.start_vce`` → ``raybackend.RayBackend(backend_config)``, resolved at call time, in
+  the thread that calls ``run_simulation``; the JSON-able ``backend_config`` reaches it whole,
+  so its ``"fedmeta"`` table carries the settings below.
+- ``RayBackend.__init__`` starts Ray; ``build`` sets ``self.pool`` (``BasicActorPool``) and
+  ``self.app_fn``.  ``BasicActorPool.submit(actor_fn, job)`` pops an idle actor from
+  ``pool.pool`` and returns ``actor_fn(actor, app_fn, message, cid, context)``;
+  ``add_actor_back_to_pool(future)`` and ``create_actor_fn()``.
+- ``ClientAppActor.run`` returns ``(cid, message, context)`` and wraps a ClientApp's exception
+  in ``ClientAppException``.
+- vce ``worker()`` turns an exception from ``process_message`` into an error reply, reason
+  ``"<class ...>:<'str(exception)'>"``, code 2 for ``ClientAppException`` subclasses.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from logging import WARNING
+from typing import Any
+
+import ray
+from flwr.app import Context, Message
+from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
+from flwr.common.constant import PARTITION_ID_KEY
+from flwr.common.logger import log
+from flwr.server.superlink.fleet.vce.backend import raybackend
+from flwr.server.superlink.fleet.vce.backend.backend import BackendConfig
+
+from fedmeta.text import first_line, strip_ansi
+
+CONFIG_KEY = "fedmeta"  # backend_config[CONFIG_KEY]: see backend_settings()
+KILL_WAIT = 5.0  # seconds to wait for Ray to report a killed actor dead
+FlowerRayBackend = raybackend.RayBackend
+_QUALNAME = re.compile(r"[A-Za-z_][\w.]*")
+
+
+class ClientAppFailed(ClientAppException):
+    """The ClientApp raised; the message is one line: ``<ExceptionType>: <first line>``."""
+
+    def __init__(self, message: str) -> None:  # ClientAppException's own prefixes a newline
+        Exception.__init__(self, message)
+        self.message = message
+
+
+class ClientAppTimedOut(RuntimeError):
+    """The ClientApp did not finish within the message timeout; its actor was replaced."""
+
+
+class ClientAppCrashed(RuntimeError):
+    """The ClientApp's actor process died (e.g. ``os._exit``, a segfault); it was replaced."""
+
+
+class RunEnded(RuntimeError):
+    """The run ended (ServerApp finished, engine stopping) while the ClientApp was running."""
+
+
+class BoundedRayBackend(FlowerRayBackend):
+    """Flower's ``RayBackend`` with a bounded wait per message and replacement of stuck or dead
+    actors.
+
+    ``backend_config["fedmeta"]`` (:func:`backend_settings`): ``message_timeout`` (seconds; 0 or
+    absent = no limit), ``timeouts`` (``{message_type: seconds}``, overrides per message type)
+    and ``poll_interval`` (seconds between checks of ``stop``).  ``stop``: once set (e.g. when
+    the ServerApp has finished) pending waits end at the next poll.  ``on_ray_started`` is
+    called right after Ray started, in the engine's thread (e.g. to take SIGTERM back from Ray).
+    """
+
+    def __init__(self, backend_config: BackendConfig, stop: threading.Event | None = None,
+                 on_ray_started: Callable[[], None] | None = None) -> None:
+        super().__init__(backend_config)
+        own = backend_config.get(CONFIG_KEY, {})
+        self.message_timeout = float(own.get("message_timeout", 0.0))  # type: ignore[arg-type]
+        self.timeouts = {str(k): float(v) for k, v in dict(own.get("timeouts", {})).items()}  # type: ignore[call-overload]
+        self.poll_interval = float(own.get("poll_interval", 0.5))  # type: ignore[arg-type]
+        self.stop = stop or threading.Event()
+        self._lock = threading.Lock()  # the pool is not thread-safe; the engine calls us from N threads
+        if on_ray_started is not None:
+            on_ray_started()
+
+    def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
+        """Run the ClientApp on an idle actor; return its reply or raise a one-line error."""
+        if self.stop.is_set():
+            raise RunEnded("the run ended before the ClientApp started")
+        if self.pool is None or self.app_fn is None:
+            return super().process_message(message, context)  # raises Flower's own "not built" errors
+        taken: list[Any] = []
+
+        def run_on(actor: Any, app_fn: Any, msg: Message, cid: str, ctx: Context) -> Any:
+            taken.append(actor)
+            return actor.run.remote(app_fn, msg, cid, ctx)
+
+        partition = str(context.node_config[PARTITION_ID_KEY])
+        # the deadline counts from when the ServerApp sent the message, as the ServerApp's own wait does:
+        # a message that waited in the queue past it is not started, and a running one ends with the phase
+        timeout = self.timeouts.get(message.metadata.message_type, self.message_timeout) or 0.0
+        left = timeout - max(0.0, time.time() - message.metadata.created_at) if timeout > 0 else 0.0
+        if timeout > 0 and left <= 0:
+            raise ClientAppTimedOut(f"ClientApp not started: {timeout:g} s had passed since the message was sent")
+        with self._lock:
+            future = self.pool.submit(run_on, (self.app_fn, message, partition, context))
+        try:
+            _, reply, updated = ray.get(self._wait(future, left, timeout))
+        except ray.exceptions.RayTaskError as exc:  # the ClientApp raised: the actor is fine
+            self._give_back(future)
+            if isinstance(exc, LoadClientAppError):
+                raise LoadClientAppError(first_line(str(exc.cause))) from None
+            raise ClientAppFailed(describe_task_error(exc)) from None
+        except ray.exceptions.RayActorError as exc:
+            self._replace(future, taken[0])
+            raise ClientAppCrashed(f"ClientApp's actor died ({first_line(str(exc), 160)}); it was replaced") from None
+        except ClientAppTimedOut as exc:  # the ServerApp has stopped waiting: say it here, in one line
+            self._replace(future, taken[0])
+            log(WARNING, "partition %s: %s", partition, exc)
+            raise
+        except RunEnded:
+            self._replace(future, taken[0], fresh=False)
+            raise
+        self._give_back(future)
+        return reply, updated
+
+    def _wait(self, future: Any, left: float, timeout: float) -> Any:
+        """``future`` once ready; :class:`ClientAppTimedOut` after ``left`` more seconds (of the
+        message's ``timeout``; 0 = never), :class:`RunEnded` once ``stop`` is set."""
+        deadline = time.monotonic() + left if timeout > 0 else None
+        while True:
+            left = self.poll_interval if deadline is None else min(self.poll_interval, deadline - time.monotonic())
+            ready, _ = ray.wait([future], timeout=max(left, 0.0))
+            if ready:
+                return future
+            if self.stop.is_set():
+                raise RunEnded("the run ended while the ClientApp was running; its actor was stopped")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ClientAppTimedOut(f"ClientApp timed out after {timeout:g} s; "
+                                        "its actor was replaced")
+
+    def _give_back(self, future: Any) -> None:
+        with self._lock:
+            self.pool.add_actor_back_to_pool(future)  # type: ignore[union-attr]
+
+    def _replace(self, future: Any, actor: Any, fresh: bool = True) -> None:
+        """Kill ``actor`` and, if ``fresh``, put a new actor in its place in the pool; wait up to
+        :data:`KILL_WAIT` seconds until Ray reports the actor dead (its process is gone)."""
+        pool = self.pool
+        assert pool is not None
+        with self._lock:
+            pool.add_actor_back_to_pool(future)  # drops the pool's record of the future ...
+            pool.pool.remove(actor)  # ... and the actor with it
+            if fresh:
+                pool.pool.append(pool.create_actor_fn())
+            else:
+                pool.num_actors -= 1
+        ray.kill(actor, no_restart=True)
+        ray.wait([future], timeout=KILL_WAIT)  # the task's result turns into ActorDiedError
+
+    def terminate(self) -> None:
+        """Stop pending waits, then terminate the actors and Ray as Flower does."""
+        self.stop.set()
+        super().terminate()
+
+
+def describe_task_error(exc: ray.exceptions.RayTaskError) -> str:
+    """``"<ExceptionType>: <first line of its message>"`` for an exception raised in a ClientApp.
+
+    The ClientApp's exception reaches the driver as ``ClientAppException("…Message: <text>")``
+    (its type is lost in pickling); the type is read back from the remote traceback's line
+    ``"<module>.<Type>: <text>"``.
+    """
+    cause = exc.cause
+    text = str(getattr(cause, "message", cause))
+    text = first_line(text.split("Message: ", 1)[1] if "Message: " in text else text)
+    for line in strip_ansi(str(exc)).splitlines():
+        name = line[:-len(text) - 2] if text and line.endswith(": " + text) else ""
+        if _QUALNAME.fullmatch(name):
+            return f"{name.rsplit('.', 1)[-1]}: {text}"
+    return text or type(cause).__name__
+
+
+@contextmanager
+def bounded_ray_backend(stop: threading.Event | None = None,
+                        on_ray_started: Callable[[], None] | None = None) -> Iterator[str]:
+    """Within the block, Flower's simulation engine builds a :class:`BoundedRayBackend`; yields
+    the ``backend_name`` to pass to ``run_simulation``."""
+    previous = raybackend.RayBackend
+    raybackend.RayBackend = functools.partial(BoundedRayBackend, stop=stop, on_ray_started=on_ray_started)  # type: ignore[misc]
+    try:
+        yield "ray"
+    finally:
+        raybackend.RayBackend = previous  # type: ignore[misc]
+
+
+def backend_settings(message_timeout: float, timeouts: dict[str, float] | None = None,
+                     poll_interval: float = 0.5) -> dict[str, dict[str, Any]]:
+    """The ``backend_config`` entry for :class:`BoundedRayBackend`: a ClientApp call may take
+    ``message_timeout`` seconds, or ``timeouts[message_type]`` for the types named there."""
+    return {CONFIG_KEY: {"message_timeout": message_timeout, "timeouts": dict(timeouts or {}),
+                         "poll_interval": poll_interval}}
