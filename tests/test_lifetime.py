@@ -22,7 +22,8 @@ from helpers import leftovers, private_tmpdir
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUND_TIMEOUT = 5.0
-MESSAGE_TIMEOUT = ROUND_TIMEOUT + 3.0  # the backend's bound per ClientApp call
+MESSAGE_TIMEOUT = ROUND_TIMEOUT + 3.0  # the backend's bound per ClientApp call, counted from the message's sending
+QUERY_TIMEOUT = 60.0  # the first messages also wait for the actors to start (as discovery's own timeout allows)
 # scenario -> its rounds: (partitions sent a train message, the round's timeout); partition 0 misbehaves
 PLANS: dict[str, list[tuple[list[int], float]]] = {
     # two hangs take both actors; round 3 gets replies only from replaced actors; round 4 ends the
@@ -77,7 +78,7 @@ def _server_app(scenario: str, results: dict):  # type: ignore[no-untyped-def]
     def main(grid: Grid, context: Context) -> None:
         while len(grid.get_node_ids()) < 3:
             time.sleep(0.2)
-        found = send(grid, sorted(grid.get_node_ids()), "query", {}, 60.0)
+        found = send(grid, sorted(grid.get_node_ids()), "query", {}, QUERY_TIMEOUT)
         node_of = {int(r.content["m"]["pid"]): r.metadata.src_node_id for r in found}
         partition_of = {node: pid for pid, node in node_of.items()}
         for number, (partitions, timeout) in enumerate(PLANS[scenario], start=1):
@@ -112,7 +113,7 @@ def run_scenario(scenario: str, out: Path) -> None:
     done = threading.Event()
     config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
               "init_args": {"num_cpus": 2, "num_gpus": 0, "object_store_memory": 128 * 1024 * 1024},
-              **backend_settings(MESSAGE_TIMEOUT)}
+              **backend_settings(MESSAGE_TIMEOUT, {"query": QUERY_TIMEOUT})}
     t0 = time.monotonic()
     with bounded_ray_backend(stop=done) as name:
         run_simulation(server_app=reporting(_server_app(scenario, results), done), client_app=_client_app(),
@@ -225,7 +226,7 @@ def test_a_signalled_run_leaves_nothing_behind(sig, code, says, tmp_path):
         with console[0].open("w") as out, console[1].open("w") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fedmeta", "run", "point-nav-smoke", "--no-plots", "--run-config",
-                 f"run-dir='{run_dir}' num-server-rounds=50"],
+                 f"run-dir='{run_dir}' num-server-rounds=1000"],  # still running when signalled
                 stdout=out, stderr=err, env={**os.environ, "TMPDIR": str(private)}, cwd=ROOT)
             try:
                 _wait_for(run_dir / "rounds.jsonl", proc, timeout=90.0)
