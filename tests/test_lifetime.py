@@ -227,7 +227,9 @@ def test_a_signalled_run_leaves_nothing_behind(sig, code, says, tmp_path):
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fedmeta", "run", "point-nav-smoke", "--no-plots", "--run-config",
                  f"run-dir='{run_dir}' num-server-rounds=1000"],  # still running when signalled
-                stdout=out, stderr=err, env={**os.environ, "TMPDIR": str(private)}, cwd=ROOT)
+                stdout=out, stderr=err, env={**os.environ, "TMPDIR": str(private)}, cwd=ROOT,
+                # as from an interactive shell: a test worker may run with SIGINT ignored (inherited)
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             try:
                 _wait_for(run_dir / "rounds.jsonl", proc, timeout=90.0)
                 tree = [proc.pid, *procs.descendants(proc.pid)]
