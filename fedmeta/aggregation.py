@@ -22,6 +22,7 @@ import numpy as np
 from flwr.server.strategy.aggregate import aggregate_bulyan, aggregate_krum
 
 from fedmeta.registry import Registry
+from fedmeta.robust import coordinate_median as median_of
 
 if TYPE_CHECKING:
     from fedmeta.config import FedConfig
@@ -58,7 +59,7 @@ def weighted_mean(arrays: Sequence[Arrays], weights: Sequence[float]) -> Arrays:
 @AGGREGATORS.register("median")
 def coordinate_median(arrays: Sequence[Arrays], weights: Sequence[float]) -> Arrays:
     """Coordinate-wise median (Yin et al., ICML 2018); weights are ignored."""
-    return _as_input_dtype({k: np.median(_stack(arrays, k), axis=0) for k in arrays[0]}, arrays[0])
+    return _as_input_dtype(median_of(arrays), arrays[0])
 
 
 @AGGREGATORS.register("trimmed-mean")
