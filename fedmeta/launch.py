@@ -44,6 +44,9 @@ def child_env(tmp: Path, root: Path) -> dict[str, str]:
     env.update({
         "FLWR_HOME": str(tmp / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
         "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(tmp / "ray"), "RAY_DEDUP_LOGS": "1",
+        # the clients are the run's work: Ray's default niceness 15 starves them (actors that take
+        # minutes to start, timed-out rounds) whenever anything else runs on the machine
+        "RAY_worker_niceness": "0",
         # worker output still reaches the console, without colour codes and Flower's actor chatter
         "RAY_COLOR_PREFIX": "0", "FLWR_LOG_LEVEL": env.get("FLWR_LOG_LEVEL", "ERROR"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.getcwd(), env.get("PYTHONPATH", "")])),

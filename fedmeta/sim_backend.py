@@ -7,7 +7,8 @@ message routed to it.  :class:`BoundedRayBackend` waits at most ``message_timeou
 when the ServerApp sent the message,
 polling in short slices so that it also stops when the run ends; on a timeout or a dead
 actor it kills that actor (``ray.kill``), puts a fresh one in its place and raises an
-exception with a one-line message, which Flower's engine sends to the ServerApp as the
+exception with a one-line message (an actor that timed out while still starting is kept: the
+queued call refuses to run once its deadline has passed, see :class:`_UntilDeadline`), which Flower's engine sends to the ServerApp as the
 reply's error reason.
 
 Flower 1.41 has no backend registry (``backend_name`` is only compared with ``"ray"``):
@@ -24,7 +25,8 @@ Flower internals relied on (re-check them on a Flower upgrade):
   ``self.app_fn``.  ``BasicActorPool.submit(actor_fn, job)`` pops an idle actor from
   ``pool.pool`` and returns ``actor_fn(actor, app_fn, message, cid, context)``;
   ``add_actor_back_to_pool(future)`` and ``create_actor_fn()``.
-- ``ClientAppActor.run`` returns ``(cid, message, context)`` and wraps a ClientApp's exception
+- ``ClientAppActor.run(app_fn, …)`` calls ``app_fn()`` to load the ClientApp before handling
+  the message, returns ``(cid, message, context)`` and wraps a ClientApp's exception
   in ``ClientAppException``.
 - vce ``worker()`` turns an exception from ``process_message`` into an error reply, reason
   ``"<class ...>:<'str(exception)'>"``, code 2 for ``ClientAppException`` subclasses.
@@ -97,6 +99,7 @@ class BoundedRayBackend(FlowerRayBackend):
         self.poll_interval = float(own.get("poll_interval", 0.5))  # type: ignore[arg-type]
         self.stop = stop or threading.Event()
         self._lock = threading.Lock()  # the pool is not thread-safe; the engine calls us from N threads
+        self._ready: dict[int, tuple[Any, Any]] = {}  # id(actor) -> (actor, its readiness ref) until it started
         if on_ray_started is not None:
             on_ray_started()
 
@@ -119,8 +122,9 @@ class BoundedRayBackend(FlowerRayBackend):
         left = timeout - max(0.0, time.time() - message.metadata.created_at) if timeout > 0 else 0.0
         if timeout > 0 and left <= 0:
             raise ClientAppTimedOut(f"ClientApp not started: {timeout:g} s had passed since the message was sent")
+        app_fn = _UntilDeadline(self.app_fn, message.metadata.created_at + timeout) if timeout > 0 else self.app_fn
         with self._lock:
-            future = self.pool.submit(run_on, (self.app_fn, message, partition, context))
+            future = self.pool.submit(run_on, (app_fn, message, partition, context))
         try:
             _, reply, updated = ray.get(self._wait(future, left, timeout))
         except ray.exceptions.RayTaskError as exc:  # the ClientApp raised: the actor is fine
@@ -131,10 +135,15 @@ class BoundedRayBackend(FlowerRayBackend):
         except ray.exceptions.RayActorError as exc:
             self._replace(future, taken[0])
             raise ClientAppCrashed(f"ClientApp's actor died ({first_line(str(exc), 160)}); it was replaced") from None
-        except ClientAppTimedOut as exc:  # the ServerApp has stopped waiting: say it here, in one line
-            self._replace(future, taken[0])
+        except ClientAppTimedOut:  # the ServerApp has stopped waiting: say it here, in one line
+            if self._starting(taken[0]):  # not hung, slow to start: its queued call will refuse to run
+                self._give_back(future)
+                exc = ClientAppTimedOut(f"ClientApp timed out after {timeout:g} s; its actor was still starting")
+            else:
+                self._replace(future, taken[0])
+                exc = ClientAppTimedOut(f"ClientApp timed out after {timeout:g} s; its actor was replaced")
             log(WARNING, "partition %s: %s", partition, exc)
-            raise
+            raise exc from None
         except RunEnded:
             self._replace(future, taken[0], fresh=False)
             raise
@@ -153,8 +162,28 @@ class BoundedRayBackend(FlowerRayBackend):
             if self.stop.is_set():
                 raise RunEnded("the run ended while the ClientApp was running; its actor was stopped")
             if deadline is not None and time.monotonic() >= deadline:
-                raise ClientAppTimedOut(f"ClientApp timed out after {timeout:g} s; "
-                                        "its actor was replaced")
+                raise ClientAppTimedOut(f"ClientApp timed out after {timeout:g} s")
+
+    def build(self, app_fn: Callable[[], Any]) -> None:
+        """Flower's actor pool, each actor's start watched (see :meth:`_starting`)."""
+        super().build(app_fn)
+        for actor in self.pool.pool:  # type: ignore[union-attr]
+            self._watch_start(actor)
+
+    def _watch_start(self, actor: Any) -> None:
+        """Queue ``actor``'s readiness call ahead of any ClientApp call: it returns once the
+        actor's process has started and imported its code."""
+        self._ready[id(actor)] = (actor, actor.__ray_ready__.remote())
+
+    def _starting(self, actor: Any) -> bool:
+        """Whether ``actor`` is still starting (e.g. importing torch on a busy machine)."""
+        entry = self._ready.get(id(actor))
+        if entry is None or entry[0] is not actor:
+            return False
+        if ray.wait([entry[1]], timeout=0)[0]:
+            del self._ready[id(actor)]
+            return False
+        return True
 
     def _give_back(self, future: Any) -> None:
         with self._lock:
@@ -168,8 +197,10 @@ class BoundedRayBackend(FlowerRayBackend):
         with self._lock:
             pool.add_actor_back_to_pool(future)  # drops the pool's record of the future ...
             pool.pool.remove(actor)  # ... and the actor with it
+            self._ready.pop(id(actor), None)
             if fresh:
                 pool.pool.append(pool.create_actor_fn())
+                self._watch_start(pool.pool[-1])
             else:
                 pool.num_actors -= 1
         ray.kill(actor, no_restart=True)
@@ -179,6 +210,20 @@ class BoundedRayBackend(FlowerRayBackend):
         """Stop pending waits, then terminate the actors and Ray as Flower does."""
         self.stop.set()
         super().terminate()
+
+
+class _UntilDeadline:
+    """The ClientApp loader for one message: refuses to load it after ``deadline`` (epoch
+    seconds), so that a call left queued on a slow-starting actor, whose ServerApp stopped
+    waiting, ends at once instead of running a stale round."""
+
+    def __init__(self, app_fn: Callable[[], Any], deadline: float) -> None:
+        self.app_fn, self.deadline = app_fn, deadline
+
+    def __call__(self) -> Any:
+        if time.time() > self.deadline:
+            raise ClientAppTimedOut("the message's deadline passed before its ClientApp started")
+        return self.app_fn()
 
 
 def describe_task_error(exc: ray.exceptions.RayTaskError) -> str:

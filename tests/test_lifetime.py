@@ -24,13 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ROUND_TIMEOUT = 5.0
 MESSAGE_TIMEOUT = ROUND_TIMEOUT + 3.0  # the backend's bound per ClientApp call, counted from the message's sending
 QUERY_TIMEOUT = 60.0  # the first messages also wait for the actors to start (as discovery's own timeout allows)
-# scenario -> its rounds: (partitions sent a train message, the round's timeout); partition 0 misbehaves
-PLANS: dict[str, list[tuple[list[int], float]]] = {
+FRESH_TIMEOUT = 30.0  # message type "train.fresh": room for replacement actors to start on a busy machine
+# scenario -> its rounds: (partitions sent a train message, the round's timeout, message type);
+# partition 0 misbehaves
+PLANS: dict[str, list[tuple[list[int], float, str]]] = {
     # two hangs take both actors; round 3 gets replies only from replaced actors; round 4 ends the
     # ServerApp while partition 0 hangs again
-    "hang": [([0, 1, 2], ROUND_TIMEOUT), ([0, 1, 2], ROUND_TIMEOUT), ([1, 2], 15.0), ([0], 1.0)],
+    "hang": [([0, 1, 2], ROUND_TIMEOUT, "train"), ([0, 1, 2], ROUND_TIMEOUT, "train"),
+             ([1, 2], FRESH_TIMEOUT, "train.fresh"), ([0], 1.0, "train")],
     # round 1: partition 0's actor dies (os._exit), partition 1 raises; later rounds all work
-    "crash": [([0, 1, 2], 20.0), ([0, 1, 2], 20.0), ([0, 1, 2], 20.0)],
+    "crash": [([0, 1, 2], 20.0, "train"), ([0, 1, 2], 20.0, "train"), ([0, 1, 2], 20.0, "train")],
 }
 
 
@@ -47,6 +50,10 @@ def _client_app():  # type: ignore[no-untyped-def]
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
+        return reply(msg, context)
+
+    @app.train("fresh")
+    def fresh(msg: Message, context: Context) -> Message:
         return reply(msg, context)
 
     @app.train()
@@ -81,9 +88,9 @@ def _server_app(scenario: str, results: dict):  # type: ignore[no-untyped-def]
         found = send(grid, sorted(grid.get_node_ids()), "query", {}, QUERY_TIMEOUT)
         node_of = {int(r.content["m"]["pid"]): r.metadata.src_node_id for r in found}
         partition_of = {node: pid for pid, node in node_of.items()}
-        for number, (partitions, timeout) in enumerate(PLANS[scenario], start=1):
+        for number, (partitions, timeout, kind) in enumerate(PLANS[scenario], start=1):
             t0 = time.monotonic()
-            replies = send(grid, [node_of[p] for p in partitions], "train", {"scenario": scenario, "round": number},
+            replies = send(grid, [node_of[p] for p in partitions], kind, {"scenario": scenario, "round": number},
                            timeout)
             row: dict = {"round": number, "seconds": time.monotonic() - t0, "ok": [], "errors": {}}
             for r in replies:
@@ -112,8 +119,9 @@ def run_scenario(scenario: str, out: Path) -> None:
     results: dict = {"rounds": []}
     done = threading.Event()
     config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-              "init_args": {"num_cpus": 2, "num_gpus": 0, "object_store_memory": 128 * 1024 * 1024},
-              **backend_settings(MESSAGE_TIMEOUT, {"query": QUERY_TIMEOUT})}
+              "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False,
+                            "object_store_memory": 128 * 1024 * 1024},
+              **backend_settings(MESSAGE_TIMEOUT, {"query": QUERY_TIMEOUT, "train.fresh": FRESH_TIMEOUT})}
     t0 = time.monotonic()
     with bounded_ray_backend(stop=done) as name:
         run_simulation(server_app=reporting(_server_app(scenario, results), done), client_app=_client_app(),
@@ -147,7 +155,7 @@ def _scenario(scenario: str, tmp_path: Path) -> tuple[dict, str, Path]:
         (private / sub).mkdir()
     try:
         proc = subprocess.run([sys.executable, __file__, scenario, str(tmp_path)], capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path, env={**child_env(private, ROOT), "TMPDIR": str(private)})
+                              timeout=180, cwd=tmp_path, env={**child_env(private, ROOT), "TMPDIR": str(private)})
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert leftovers(private) == []
     finally:
@@ -168,7 +176,9 @@ def test_a_hung_clientapp_times_out_and_its_actor_is_replaced(tmp_path):
     assert rounds[2]["ok"] == [1, 2]  # both original actors hung: these replies came from fresh ones
     assert rounds[3]["ok"] == []
     assert result["left"] == []
-    assert result["total"] < 60.0 and result["after-done"] < MESSAGE_TIMEOUT, result
+    # the run ends within its phases' bounds (discovery's start, the rounds, a last message), whatever hangs
+    bound = QUERY_TIMEOUT + sum(timeout for _, timeout, _ in PLANS["hang"]) + MESSAGE_TIMEOUT
+    assert result["total"] < bound and result["after-done"] < MESSAGE_TIMEOUT, result
     assert f"ClientApp timed out after {MESSAGE_TIMEOUT:g} s" in stderr  # one console line per timeout
 
 
