@@ -159,6 +159,9 @@ class SimulationConfig:
     num_cpus: int = field(default=2, metadata=_doc("CPUs given to the simulation engine"))
     client_cpus: int = field(default=1, metadata=_doc("CPUs per virtual client"))
     client_gpus: float = field(default=0.0, metadata=_doc("GPU fraction per virtual client"))
+    ray_address: str = field(default="", metadata=_doc("join an existing Ray cluster at HOST:PORT (the address "
+                                                       "`ray start --head` prints) instead of starting a private "
+                                                       "Ray instance; its resources replace simulation.num-cpus"))
 
 
 _SECTIONS: dict[str, type] = {
@@ -368,6 +371,9 @@ class ExperimentConfig:
         _positive("simulation.client-cpus", sim.client_cpus)
         _not_above("simulation.client-cpus", sim.client_cpus, "simulation.num-cpus", sim.num_cpus)
         _in_range("simulation.client-gpus", sim.client_gpus, 0.0, 1.0)  # simulations.run gives Ray one GPU
+        if sim.ray_address and not _is_host_port(sim.ray_address):
+            raise ConfigError(f"simulation.ray-address={sim.ray_address!r} is invalid; valid: '' (a private Ray "
+                              "instance) or HOST:PORT of a running Ray head node")
 
     def _validate_robustness(self) -> None:
         """fed.* robustness keys and the faults section (see fedmeta.robust, fedmeta.faults)."""
@@ -562,6 +568,12 @@ def _positive(key: str, value: float) -> None:
 def _at_least(key: str, value: float, low: float) -> None:
     if not value >= low:
         raise ConfigError(f"{key}={value} is invalid; valid: a value >= {low}")
+
+
+def _is_host_port(address: str) -> bool:
+    """``HOST:PORT`` with a non-empty host (name, IPv4 or ``[IPv6]``) and a port in 1..65535."""
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and " " not in host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def _in_range(key: str, value: float, low: float, high: float) -> None:

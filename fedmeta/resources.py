@@ -9,6 +9,7 @@ only when a config asks for a GPU (importing it is slow).
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from fedmeta.config import ConfigError, ExperimentConfig
@@ -18,12 +19,14 @@ def check_local_resources(cfg: ExperimentConfig) -> None:
     """Raise a one-line :class:`ConfigError` when this machine cannot run ``cfg``'s simulation."""
     _check_device(cfg.client.device)
     _check_client_gpus(cfg.simulation.client_gpus)
+    if cfg.simulation.ray_address:
+        _check_ray_head(cfg.simulation.ray_address)
 
 
 def resource_warnings(cfg: ExperimentConfig) -> list[str]:
     """Settings this machine can run, but probably not as meant (one line each)."""
     cpus = os.cpu_count() or 1
-    if cfg.simulation.num_cpus > cpus:
+    if cfg.simulation.num_cpus > cpus and not cfg.simulation.ray_address:
         return [f"simulation.num-cpus={cfg.simulation.num_cpus} is more than this machine's {cpus} CPUs; "
                 "Ray will oversubscribe them"]
     return []
@@ -66,3 +69,15 @@ def _check_client_gpus(client_gpus: float) -> None:
     if client_gpus > 0 and cuda_device_count() == 0:
         raise ConfigError(f"simulation.client-gpus={client_gpus} needs a CUDA GPU, which is not available on this "
                           "machine; valid here: 0")
+
+
+def _check_ray_head(address: str, timeout: float = 3.0) -> None:
+    """A Ray head node (its GCS port) accepts connections at ``address`` (``HOST:PORT``)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"simulation.ray-address={address!r}: no Ray head node answers there "
+                          f"({exc.strerror or exc}); valid: '' or the HOST:PORT that `ray start --head` "
+                          "printed") from None

@@ -28,7 +28,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 from fedmeta import procs
-from fedmeta.config import ConfigError, ExperimentConfig
+from fedmeta.config import ConfigError, ExperimentConfig, SimulationConfig
 
 if TYPE_CHECKING:
     from flwr.app import Context
@@ -113,6 +113,17 @@ def describe(exc: BaseException) -> str:
     return text if root is exc else f"{text} (cause: {type(root).__name__}: {str(root).strip()})"
 
 
+def ray_init_args(sim: SimulationConfig) -> dict[str, object]:
+    """``ray.init`` arguments: a private instance sized by ``simulation.*``, or a connection to
+    the cluster at ``simulation.ray-address`` (whose nodes bring their own resources; this
+    driver's ``sys.path`` becomes the workers' ``PYTHONPATH``, so each node needs the project
+    at the same path)."""
+    if sim.ray_address:
+        return {"address": sim.ray_address}
+    return {"num_cpus": sim.num_cpus, "num_gpus": 1 if sim.client_gpus > 0 else 0,
+            "include_dashboard": False, "object_store_memory": 256 * 1024 * 1024}
+
+
 def main(argv: list[str]) -> int:
     flat = json.loads(argv[0])
     try:
@@ -140,8 +151,7 @@ def main(argv: list[str]) -> int:
     sim = cfg.simulation
     backend_config = {
         "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus},
-        "init_args": {"num_cpus": sim.num_cpus, "num_gpus": 1 if sim.client_gpus > 0 else 0,
-                      "include_dashboard": False, "object_store_memory": 256 * 1024 * 1024},
+        "init_args": ray_init_args(sim),
         # discovery (message type "query") waits fed.discovery-timeout, the rounds fed.round-timeout
         **backend_settings(cfg.fed.round_timeout + CLIENT_GRACE, {"query": cfg.fed.discovery_timeout + CLIENT_GRACE}),
     }
