@@ -338,6 +338,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    """Write a deployment's credentials (:mod:`fedmeta.certs`) and say what goes where."""
+    from fedmeta.certs import write_credentials
+
+    out = Path(args.out_dir)
+    written = write_credentials(out, args.host, args.nodes)
+    print(f"fedmeta: wrote {len(written)} files to {out}: ca.crt (to every SuperNode and the flwr CLI), "
+          "server.pem + server.key (SuperLink), node-<i> (SuperNode i, private) + node-<i>.pub (register it: "
+          "flwr supernode register), ca.key (keep offline)")
+    return 0
+
+
 def toml_value(value: Scalar) -> str:
     """``value`` written as TOML, as ``--run-config`` and preset files take it."""
     if isinstance(value, bool):
@@ -400,6 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument("--run-config", action="append", default=[], metavar="OVERRIDES",
                       help="overrides as for 'fedmeta run'; repeatable")
     keys.set_defaults(func=cmd_keys)
+    certs = sub.add_parser("certs", help="create TLS and SuperNode credentials for a secure deployment")
+    certs.add_argument("out_dir", metavar="DIR", help="directory to write ca.crt, server.pem/.key, node-<i>[.pub] into")
+    certs.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
+                       help="a DNS name or IP address SuperNodes and the flwr CLI use to reach the SuperLink; "
+                            "repeatable (localhost and 127.0.0.1 are always included)")
+    certs.add_argument("--nodes", type=int, default=0, help="SuperNode key pairs to create (default 0)")
+    certs.set_defaults(func=cmd_certs)
     try:
         args = parser.parse_args(argv)
         return int(args.func(args))

@@ -1,9 +1,11 @@
-"""Deployment on loopback: one SuperLink, three training SuperNodes, one held-out (test) SuperNode and
-one rogue SuperNode whose declared task differs from the run's (turned away at discovery).
+"""Deployment on loopback, secured as the README documents it: TLS with credentials from
+``fedmeta certs`` and SuperNode authentication.  One SuperLink, three training SuperNodes, one
+held-out (test) SuperNode, one rogue SuperNode whose declared task differs from the run's (turned
+away at discovery) and one SuperNode whose key was never registered (refused by the SuperLink).
 
-Runs the README's deployment commands for real (``flower-superlink``, ``flower-supernode``,
-``flwr run . deploy``), checks that the run completed with three clients, and ends every
-process it started (and their descendants) by PID.
+Runs the README's deployment commands for real (``fedmeta certs``, ``flower-superlink``,
+``flwr supernode register``, ``flower-supernode``, ``flwr run . deploy``), checks that the run
+completed with three clients, and ends every process it started (and their descendants) by PID.
 """
 
 from __future__ import annotations
@@ -53,13 +55,29 @@ def _wait_online(env: dict[str, str], cwd: Path, count: int, timeout: float = 60
     raise TimeoutError(f"fewer than {count} SuperNodes online after {timeout:.0f}s:\n{listing.stdout}")
 
 
+def _node_configs() -> list[str]:
+    """A rogue node first (it declares training task 2 with another goal and must be turned away),
+    then three training tasks and one held-out (test) task."""
+    honest = task_split("point-nav", 3, 1, 0, horizon=20)[0][2]
+    rogue = TaskSpec(honest.family, {**honest.params, "goal": [0.45, -0.45]}, honest.horizon, honest.task_id)
+    rogue_json = json.dumps(json.loads(rogue.to_json()), separators=(",", ":"))
+    return ([f"task-spec='{rogue_json}' device=\"cpu\""]
+            + [f'task-id={task_id} device="cpu"' for task_id in range(3)] + ['test-task-id=0 device="cpu"'])
+
+
 @pytest.mark.slow
-def test_superlink_and_three_supernodes_on_loopback(tmp_path, root):
+def test_secure_superlink_and_supernodes_on_loopback(tmp_path, root):
     flwr_home = tmp_path / "flwr-home"
     flwr_home.mkdir()
     link_port = _free_port()
+    tls = tmp_path / "tls"
+    node_configs = _node_configs()
+    made = subprocess.run([sys.executable, "-m", "fedmeta", "certs", str(tls), "--nodes", str(len(node_configs) + 1)],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
     (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
+        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\n'
+        f'root-certificates = "{tls / "ca.crt"}"\n')
     env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "PYTHONPATH": str(root), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     logs = tmp_path / "logs"
@@ -73,20 +91,27 @@ def test_superlink_and_three_supernodes_on_loopback(tmp_path, root):
 
     run_dir = tmp_path / "run"
     try:
-        start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
+        start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(tls / "ca.crt"),
+                            "--ssl-certfile", str(tls / "server.pem"), "--ssl-keyfile", str(tls / "server.key"),
+                            "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(link_port),
                             "--disable-runtime-dependency-installation", "--database", str(tmp_path / "state.db")])
         _wait_port(link_port)
-        # a rogue node first: it declares training task 2 with another goal and must be turned away
-        honest = task_split("point-nav", 3, 1, 0, horizon=20)[0][2]
-        rogue = TaskSpec(honest.family, {**honest.params, "goal": [0.45, -0.45]}, honest.horizon, honest.task_id)
-        rogue_json = json.dumps(json.loads(rogue.to_json()), separators=(",", ":"))
-        node_configs = [f"task-spec='{rogue_json}' device=\"cpu\""]
-        node_configs += [f'task-id={task_id} device="cpu"' for task_id in range(3)] + ['test-task-id=0 device="cpu"']
-        for i, node_config in enumerate(node_configs):  # three training tasks and one held-out (test) task
+        registering = [subprocess.Popen([str(BIN / "flwr"), "supernode", "register", str(tls / f"node-{i}.pub"),
+                                         "deploy"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True) for i in range(len(node_configs))]
+        for reg in registering:
+            out, _ = reg.communicate(timeout=120)
+            assert reg.returncode == 0, out
+        # node i has key node-i; the last key (node-N) was never registered
+        for i, node_config in enumerate([*node_configs, 'task-id=0 device="cpu"']):
             start(f"supernode{i}", [
-                str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config])
+                str(BIN / "flower-supernode"), "--root-certificates", str(tls / "ca.crt"),
+                "--superlink", f"127.0.0.1:{link_port}", "--auth-supernode-private-key", str(tls / f"node-{i}"),
+                "--max-retries", "2", "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config])
         _wait_online(env, tmp_path, len(node_configs))
+        unregistered = started[-1]
+        assert unregistered.wait(timeout=120) == 305  # Flower's exit code: no connection to the SuperLink
+        assert "Failed to activate SuperNode" in (logs / f"supernode{len(node_configs)}.log").read_text()
         overrides = (f"num-server-rounds=2 task.family='point-nav' task.horizon=20 task.num-test-tasks=1 "
                      f"eval.adapt-steps=1 solver.episodes-per-step=4 "
                      f"prox.inner-steps=2 eval.every=1 eval.episodes=2 fed.clients-per-round=2 fed.round-timeout=240 "
