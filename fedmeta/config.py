@@ -159,6 +159,8 @@ class SimulationConfig:
     num_cpus: int = field(default=2, metadata=_doc("CPUs given to the simulation engine"))
     client_cpus: int = field(default=1, metadata=_doc("CPUs per virtual client"))
     client_gpus: float = field(default=0.0, metadata=_doc("GPU fraction per virtual client"))
+    poll_interval: float = field(default=0.005, metadata=_doc("seconds between the simulation engine's checks for "
+                                                               "new messages and replies (Flower's own: 0.1)"))
     ray_address: str = field(default="", metadata=_doc("join an existing Ray cluster at HOST:PORT (the address "
                                                        "`ray start --head` prints) instead of starting a private "
                                                        "Ray instance; its resources replace simulation.num-cpus"))
@@ -371,6 +373,7 @@ class ExperimentConfig:
         _positive("simulation.client-cpus", sim.client_cpus)
         _not_above("simulation.client-cpus", sim.client_cpus, "simulation.num-cpus", sim.num_cpus)
         _in_range("simulation.client-gpus", sim.client_gpus, 0.0, 1.0)  # simulations.run gives Ray one GPU
+        _in_range("simulation.poll-interval", sim.poll_interval, 0.001, 0.1)
         if sim.ray_address and not _is_host_port(sim.ray_address):
             raise ConfigError(f"simulation.ray-address={sim.ray_address!r} is invalid; valid: '' (a private Ray "
                               "instance) or HOST:PORT of a running Ray head node")

@@ -144,6 +144,8 @@ CASES = [
     case("hidden 17 layers", rc("policy.hidden-sizes='" + ",".join(["8"] * 17) + "'"), "up to 16"),
     case("init-std 1e400", rc("policy.init-std=1e400"), "policy.init-std=inf"),
     case("clients-per-round > clients", rc("fed.clients-per-round=9"), "valid: 1..3"),
+    case("poll-interval 0", rc("simulation.poll-interval=0"), "simulation.poll-interval=0"),
+    case("poll-interval 1", rc("simulation.poll-interval=1"), "simulation.poll-interval=1"),
     case("ray-address without a port", rc("simulation.ray-address='localhost'"), "valid: '' (a private Ray"),
     case("ray-address port 0", rc("simulation.ray-address='127.0.0.1:0'"), "simulation.ray-address"),
     case("ray-address nobody there", rc("simulation.ray-address='127.0.0.1:9'"), "no Ray head node answers"),
