@@ -28,6 +28,7 @@ from clients.state import ClientState
 from fedmeta.config import ExperimentConfig
 from fedmeta.faults import make_fault_mod
 from fedmeta.records import arrays_to_record, metrics_to_record, record_to_arrays
+from fedmeta.results import client_state_path
 from fedmeta.text import short_reason
 from fedmeta.tasks import TaskSpec
 from fedmeta.validation import check_update
@@ -81,7 +82,8 @@ def _worker(context: Context, cfg: ExperimentConfig, device: str | None = None) 
     torch.set_num_threads(cfg.client.num_threads)
     spec, role = task_for_node(context.node_config, cfg)
     device = resolve_device(device or str(context.node_config.get("device", cfg.client.device)))
-    disk = Path(cfg.client.state_dir) / f"task-{spec.task_id}.npz" if cfg.client.state_dir and role == "train" else None
+    disk = (client_state_path(cfg.client.state_dir, context.run_id, spec.task_id)  # keyed by run: never another run's
+            if cfg.client.state_dir and role == "train" else None)
     return TaskWorker(cfg, spec, device, role), disk
 
 

@@ -1,7 +1,8 @@
 """A client's private state: θ_i (personalized policy, if the algorithm keeps one) and its optimizers' state.
 
-It lives in ``context.state`` (per run, in memory) and, when ``client.state-dir`` is set,
-also on the node's disk (atomic writes), so a restarted SuperNode resumes its θ_i.
+It lives in ``context.state`` (per run, in memory) and, when ``client.state-dir`` is set, also in
+``<state-dir>/run-<flower run id>/task-<i>.npz`` on the node's disk (atomic writes), so a SuperNode
+restarted within the run resumes its θ_i, and a new run never reads another run's state.
 Nothing here is ever sent to the server.
 """
 

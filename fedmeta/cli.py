@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 from fedmeta.config import ConfigError, ExperimentConfig, KeyRow, Scalar, experiment_keys, one_line, valid_keys
 from fedmeta.launch import run_simulation_child
-from fedmeta.resources import check_local_resources, prepare_dir, resource_warnings
+from fedmeta.resources import check_local_resources, check_new_run_dir, prepare_dir, resource_warnings
 from fedmeta.results import default_run_dir
 from fedmeta.tasks import TASK_FAMILIES, task_split
 
@@ -225,7 +225,7 @@ def _bad_seeds(text: str) -> ConfigError:
 
 def plan_runs(experiment: str | None, run_config: list[str], seeds: list[int] | None) -> tuple[list[Run], list[str]]:
     """Resolve and check every run before any starts (config, task split, this machine, the result
-    directory); return them and the notices to print."""
+    directory: new or empty); return them and the notices to print."""
     if seeds is None:
         resolved = [resolve(experiment, run_config)]
     else:  # every seed first: a bad value fails before anything runs
@@ -233,6 +233,8 @@ def plan_runs(experiment: str | None, run_config: list[str], seeds: list[int] | 
     first, first_flat, notices = resolved[0]
     check_local_resources(first)  # the seeds' configs differ in the seed only
     key, directory = _result_dir(first, seeds is not None)
+    for run_dir in [directory] if seeds is None else [directory / f"s{seed}" for seed in seeds]:
+        check_new_run_dir(key, run_dir)  # a second run into it would mix with the first
     prepare_dir(key, directory)
     if first.client.state_dir:
         prepare_dir("client.state-dir", Path(first.client.state_dir))

@@ -133,8 +133,9 @@ class ClientConfig:
     device: str = field(default="auto", metadata=_doc("auto | cpu | cuda | cuda:N (node-config 'device' wins)"))
     num_threads: int = field(default=1, metadata=_doc("torch CPU threads per client"))
     state_dir: str = field(default="", metadata=_doc("directory where each training client also keeps theta_i and its "
-                                                     "optimizer state (task-<i>.npz); '' = <run-dir>/clients under "
-                                                     "fedmeta run, memory only under flwr run"))
+                                                     "optimizer state (run-<flower run id>/task-<i>.npz); "
+                                                     "'' = <run-dir>/clients under fedmeta run, memory only under "
+                                                     "flwr run"))
     sampler_workers: int = field(
         default=0, metadata=_doc("worker processes per client, each owning a group of envs (0 = in-process)")
     )

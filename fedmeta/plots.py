@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fedmeta.config import ExperimentConfig, one_line  # noqa: E402
+from fedmeta.results import client_state_path  # noqa: E402
 from fedmeta.stats import bootstrap_ci, statistic_of  # noqa: E402
 
 if TYPE_CHECKING:
@@ -462,10 +463,13 @@ def _grid_panel(cfg: ExperimentConfig, spec: TaskSpec, params: Mapping[str, np.n
 def _after_policy(run_dir: Path, cfg: ExperimentConfig, task_id: int,
                   final: dict[str, np.ndarray] | None) -> tuple[dict[str, np.ndarray] | None, str]:
     """The policy after training: the client's personalized θ_i where it kept one on disk (``clients/`` of
-    the run directory, else ``client.state-dir``), else the latest meta-policy w (algorithms without one,
-    deployments)."""
+    the run directory, else ``client.state-dir``; under ``run-<id>/`` for config.json's ``run-id``), else
+    the latest meta-policy w (algorithms without one, deployments)."""
     folders = [run_dir / "clients"] + ([Path(cfg.client.state_dir)] if cfg.client.state_dir else [])
-    for path in (folder / f"task-{task_id}.npz" for folder in folders):
+    run_id = config_json(run_dir).get("run-id")  # the Flower run's id keys its clients' state
+    paths = [client_state_path(folder, run_id, task_id) for folder in folders if isinstance(run_id, int)]
+    paths += [folder / f"task-{task_id}.npz" for folder in folders]  # runs from before the key
+    for path in paths:
         if path.exists():
             with np.load(path) as data:
                 personal = {k[2:]: data[k] for k in data.files if k.startswith("p:")}

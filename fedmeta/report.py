@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmeta.config import ConfigError
-from fedmeta.results import atomic_write_bytes, atomic_write_json
+from fedmeta.results import atomic_write_bytes, atomic_write_json, read_jsonl
 from fedmeta.stats import STATISTICS, bootstrap_ci
 
 KINDS = {"discounted": "return", "undiscounted": "undiscounted-return", "exact": "exact-return"}
@@ -52,16 +52,9 @@ class RunRecord:
 
 # --------------------------------------------------------------------------- loading
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """JSON lines of ``path``; an unparsable (torn) last line is skipped, one elsewhere raises ConfigError."""
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise ConfigError(f"{path}: line {i + 1} is not valid JSON") from None
-    return rows
+    """JSON lines of ``path`` (:func:`fedmeta.results.read_jsonl`): a torn last line is skipped, an
+    unparsable line elsewhere raises ConfigError."""
+    return read_jsonl(path)
 
 
 def config_value(config: Mapping[str, Any], key: str) -> Any:

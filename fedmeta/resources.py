@@ -45,6 +45,27 @@ def prepare_dir(key: str, path: Path) -> None:
         raise ConfigError(f"{key}: the directory {str(path)!r} is not writable; valid: a writable directory path")
 
 
+def check_new_run_dir(key: str, path: Path) -> None:
+    """A run writes into a new or empty directory only: one that already holds a run (or anything
+    else) would mix two runs' rows and let the new run's clients warm-start from the old run's state.
+    ``key``: the config key that chose ``path``."""
+    from fedmeta.results import run_files
+
+    if not path.is_dir():
+        return  # new (prepare_dir creates it), or a file in the way (prepare_dir says so)
+    try:
+        entries = sorted(entry.name for entry in path.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"{key}={str(path)!r}: cannot list the directory ({exc.strerror or exc}); "
+                          "valid: an empty or new directory") from None
+    if not entries:
+        return
+    held = run_files(path)
+    shown = ", ".join(held or entries[:5]) + (", ..." if not held and len(entries) > 5 else "")
+    what = f"already holds a run ({shown})" if held else f"is not empty ({shown})"
+    raise ConfigError(f"{key}={str(path)!r}: the directory {what}; valid: an empty or new directory")
+
+
 def cuda_device_count() -> int:
     """CUDA devices torch can use here (0 without CUDA)."""
     import torch

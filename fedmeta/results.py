@@ -1,4 +1,4 @@
-"""The results directory of a run, written atomically.
+"""The results directory of a run: JSONL rows appended, every other file written atomically.
 
 Layout (``summary.json`` schema in README.md):
 
@@ -11,6 +11,11 @@ Layout (``summary.json`` schema in README.md):
     meta_policy.pt   the latest meta-policy w (dict of tensors) and its round
     meta_policy_init.pt  the initial meta-policy w⁰
     summary.json     final per-task personalized returns (+ optimal return where computable)
+    clients/run-<flower run id>/task-<i>.npz   under ``fedmeta run``: each training client's private state
+
+The JSONL files only ever grow: each append writes its rows at the end of the file (one ``write``,
+flushed to the kernel), :meth:`RunWriter.sync` fsyncs them at every round end; a crash can leave a
+torn last line, which :func:`read_jsonl` ignores.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import platform
 import secrets
 import subprocess
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -113,9 +119,50 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of the JSON-lines file ``path`` ([] when it is missing).  A torn last line (a partial
+    row a crash left without its newline) is ignored; an unparsable line elsewhere raises a one-line
+    :class:`~fedmeta.config.ConfigError` naming the file and line."""
+    from fedmeta.config import ConfigError
+
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if i < len(lines) - 1 and any(rest.strip() for rest in lines[i + 1:]):
+                raise ConfigError(f"{path}: line {i + 1} is not valid JSON") from None
+    return rows
+
+
+def client_state_path(state_dir: str | Path, run_id: int, task_id: int) -> Path:
+    """Where a training client keeps its private state on its node's disk: keyed by the Flower run
+    (``run-<run id>/``) and the task, so a new run never reads another run's state, while a SuperNode
+    restarted within the same run finds its own."""
+    return Path(state_dir) / f"run-{int(run_id)}" / f"task-{int(task_id)}.npz"
+
+
+RUN_FILES = ("config.json", "rounds.jsonl", "clients.jsonl", "rejections.jsonl", "meta_policy.pt",
+             "meta_policy_init.pt", "summary.json", "clients")  # what a run leaves (clients/: its clients' state)
+
+
+def run_files(run_dir: str | Path) -> list[str]:
+    """The files of a run (:data:`RUN_FILES`; ``clients/`` when not empty) that ``run_dir`` already
+    holds: a new run must not write there (its rows would mix with the old run's)."""
+    run_dir = Path(run_dir)
+    held = []
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            if any(path.iterdir()):
+                held.append(name + "/")
+        elif path.exists() or path.is_symlink():
+            held.append(name)
+    return held
 
 
 TASK_LISTS = ("train-tasks", "test-tasks")  # the task specs in config.json
@@ -131,15 +178,39 @@ RowListener = Callable[[Sequence[Mapping[str, Any]]], None]  # see RunWriter.sub
 
 
 class RunWriter:
-    """Collects a run's rows and rewrites its files atomically after every change."""
+    """Writes a run's results directory: rows appended to the JSONL files, other files atomically.
+
+    Use it as a context manager (or call :meth:`close`): the JSONL files stay open for appending.
+    """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._rows: dict[str, list[dict[str, Any]]] = {
-            name: read_jsonl(self.run_dir / name) for name in ("rounds.jsonl", "clients.jsonl", "rejections.jsonl")
-        }
+        self._fds: dict[str, int] = {}  # JSONL file name → fd opened O_APPEND
+        self._created = False  # a JSONL file was created since the last sync (fsync the directory too)
         self._listeners: dict[str, list[RowListener]] = {}
+        weakref.finalize(self, _close_all, self._fds)  # a writer never closed does not leak its fds
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fd(self, key: str) -> int:
+        """The append-mode fd of ``key`` (a ``*.jsonl`` name), opened on first use; a torn last line
+        left by a crash is cut off first, so the next row starts on a line of its own."""
+        if key not in self._fds:
+            path = self.run_dir / key
+            self._created |= not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                _repair_tail(fd, path)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fds[key] = fd
+        return self._fds[key]
 
     def write_config(self, flat_config: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
         """``config.json``: the flat config, versions, git state and ``extra`` (the task specs under
@@ -155,14 +226,30 @@ class RunWriter:
         self._listeners.setdefault(name, []).append(listener)
 
     def append(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Append rows to ``<name>.jsonl`` (the whole file is rewritten atomically), then tell the listeners."""
-        key = f"{name}.jsonl"
+        """Append ``rows`` to ``<name>.jsonl`` (at the end of the file, in one write: earlier bytes are
+        never rewritten), then tell the listeners.  The rows reach the kernel here and the disk at
+        the next :meth:`sync`."""
         new = [dict(r) for r in rows]
-        self._rows[key].extend(new)
-        text = "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n" for r in self._rows[key])
-        atomic_write_bytes(self.run_dir / key, text.encode())
+        payload = "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n" for r in new).encode()
+        _write_all(self._fd(f"{name}.jsonl"), payload)  # creates the file even for no rows, as before
         for listener in self._listeners.get(name, []):
             listener(new)
+
+    def sync(self) -> None:
+        """fsync every JSONL file appended to (and, after a file was created, the directory): the
+        strategy calls this at every round end."""
+        for fd in self._fds.values():
+            os.fsync(fd)
+        if self._created:
+            _fsync_dir(self.run_dir)
+            self._created = False
+
+    def close(self) -> None:
+        """:meth:`sync`, then close the JSONL files (a later append opens them again)."""
+        try:
+            self.sync()
+        finally:
+            _close_all(self._fds)
 
     def log_text(self, name: str, text: str) -> None:
         """Append ``text`` (e.g. a client's full traceback) to the plain log ``name`` in the run directory."""
@@ -180,3 +267,60 @@ class RunWriter:
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         atomic_write_json(self.run_dir / "summary.json", summary)
+
+
+def _close_all(fds: dict[str, int]) -> None:
+    """Close and forget the fds of ``fds``."""
+    while fds:
+        os.close(fds.popitem()[1])
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    """``os.write`` until all of ``payload`` is written (a write may be partial)."""
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _repair_tail(fd: int, path: Path) -> None:
+    """Cut a torn last line (no trailing newline, not a complete row) off the JSONL file ``path``
+    (open as ``fd``); a complete row that only lacks its newline gets one."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - 1))
+        if fh.read(1) == b"\n":
+            return
+        start = size
+        while start > 0:  # find the start of the last line
+            step = min(start, 1 << 16)
+            fh.seek(start - step)
+            chunk = fh.read(step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                start = start - step + cut + 1
+                break
+            start -= step
+        fh.seek(start)
+        tail = fh.read()
+    try:
+        json.loads(tail)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        os.ftruncate(fd, start)
+        return
+    _write_all(fd, b"\n")
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory (its new entries survive a crash); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fedmeta.config import ConfigError
 from fedmeta.results import read_jsonl
 
 LOG_DIR = "tensorboard"  # under the run directory
@@ -66,10 +67,11 @@ class TensorBoardLog:
 
 def export(run_dir: Path) -> Path:
     """Write the scalars of ``run_dir``'s ``rounds.jsonl`` to ``run_dir/tensorboard``; return that directory."""
+    rows = read_jsonl(Path(run_dir) / "rounds.jsonl")  # a torn last line is skipped, damage elsewhere raises
     log_dir = Path(run_dir) / LOG_DIR
     log = TensorBoardLog(log_dir)
     try:
-        log(read_jsonl(Path(run_dir) / "rounds.jsonl"))
+        log(rows)
     finally:
         log.close()
     return log_dir
@@ -85,7 +87,11 @@ def main(argv: list[str]) -> int:
         print(f"fedmeta: error: {missing[0]}: not a run directory (no rounds.jsonl)", file=sys.stderr)
         return 2
     for run_dir in argv:
-        print(f"fedmeta: wrote {export(Path(run_dir))}")
+        try:
+            print(f"fedmeta: wrote {export(Path(run_dir))}")
+        except ConfigError as exc:  # a damaged rounds.jsonl (a torn last line alone is skipped)
+            print(f"fedmeta: error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

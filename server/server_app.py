@@ -13,9 +13,9 @@ from flwr.app import ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedmeta.config import ExperimentConfig, plugin_dirs
+from fedmeta.config import ConfigError, ExperimentConfig, plugin_dirs
 from fedmeta.records import arrays_to_record, record_to_arrays
-from fedmeta.results import RunWriter, default_run_dir
+from fedmeta.results import RunWriter, default_run_dir, run_files
 from fedmeta.summary import build_summary
 from fedmeta.worker import initial_meta_policy, tasks_of
 from server.discovery import DiscoveryError, discover_tasks
@@ -55,8 +55,15 @@ def _module_of(obj: object) -> str:
 
 
 def open_writer(cfg: ExperimentConfig) -> RunWriter:
-    """The run's writer, with rounds rows mirrored to TensorBoard when ``tensorboard`` is on."""
-    writer = RunWriter(run_dir_for(cfg))
+    """The run's writer, with rounds rows mirrored to TensorBoard when ``tensorboard`` is on; a
+    ConfigError when the run directory already holds a run (``fedmeta run`` checks this before it
+    starts anything; this check covers deployments)."""
+    run_dir = run_dir_for(cfg)
+    held = run_files(run_dir)
+    if held:
+        raise ConfigError(f"run-dir={str(run_dir)!r}: the directory already holds a run ({', '.join(held)}); "
+                          "valid: an empty or new directory")
+    writer = RunWriter(run_dir)
     if cfg.tensorboard:
         from fedmeta.tensorboard_log import LOG_DIR, TensorBoardLog
 
@@ -64,39 +71,46 @@ def open_writer(cfg: ExperimentConfig) -> RunWriter:
     return writer
 
 
-def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
-    """Train for ``num-server-rounds`` and return the summary (also written to summary.json)."""
-    writer = open_writer(cfg)
-    train, test = tasks_of(cfg)
-    components = run_components(cfg)
-    writer.write_config(cfg.to_flat(), {"components": components,
-                                        "train-tasks": [json.loads(s.to_json()) for s in train],
-                                        "test-tasks": [json.loads(s.to_json()) for s in test]})
-    log(INFO, "fedmeta: results in %s; components %s", writer.run_dir,
-        ", ".join(f"{kind} {c['name']} ({c['module']})" for kind, c in components.items() if isinstance(c, dict)))
-    try:
-        federation = discover_tasks(grid, train, test, cfg.fed.discovery_timeout, cfg.fed.allow_missing_tasks,
-                                    cfg.fed.clients_per_round)
-    except DiscoveryError as exc:
-        if exc.rejected:
-            writer.append("rejections", exc.rejected)
-        raise
-    if federation.rejected:
-        writer.append("rejections", federation.rejected)
-    w0 = initial_meta_policy(cfg)
-    writer.save_meta_policy(w0, 0, "meta_policy_init.pt")
-    strategy = STRATEGIES.get(cfg.fed.strategy)(cfg, federation, writer)
-    t0 = time.monotonic()
-    result = strategy.start(grid=grid, initial_arrays=arrays_to_record(w0), num_rounds=cfg.num_server_rounds,
-                            timeout=cfg.fed.round_timeout, train_config=ConfigRecord({}), evaluate_config=ConfigRecord({}))
-    final = record_to_arrays(result.arrays)
-    writer.save_meta_policy(final, cfg.num_server_rounds)
-    summary = build_summary(cfg, getattr(strategy, "last_evaluation", []), federation.optimal, time.monotonic() - t0,
-                            meta_test=getattr(strategy, "last_meta_test", []),
-                            meta_test_init=getattr(strategy, "meta_test_init", []),
-                            env_steps=getattr(strategy, "cum_env_steps", None))
-    writer.write_summary(summary)
-    return summary
+def run_experiment(grid: Grid, cfg: ExperimentConfig, run_id: int | None = None) -> dict[str, Any]:
+    """Train for ``num-server-rounds`` and return the summary (also written to summary.json).
+
+    ``run_id``: the Flower run's id (config.json's ``run-id``): the clients keep their private state
+    under ``<client.state-dir>/run-<run_id>/``.  A ``run-dir`` that already holds a run is refused."""
+    with open_writer(cfg) as writer:
+        train, test = tasks_of(cfg)
+        components = run_components(cfg)
+        extra: dict[str, Any] = {"components": components, "train-tasks": [json.loads(s.to_json()) for s in train],
+                                 "test-tasks": [json.loads(s.to_json()) for s in test]}
+        if run_id is not None:
+            extra["run-id"] = int(run_id)
+        writer.write_config(cfg.to_flat(), extra)
+        log(INFO, "fedmeta: results in %s; components %s", writer.run_dir,
+            ", ".join(f"{kind} {c['name']} ({c['module']})" for kind, c in components.items() if isinstance(c, dict)))
+        try:
+            federation = discover_tasks(grid, train, test, cfg.fed.discovery_timeout, cfg.fed.allow_missing_tasks,
+                                        cfg.fed.clients_per_round)
+        except DiscoveryError as exc:
+            if exc.rejected:
+                writer.append("rejections", exc.rejected)
+            raise
+        if federation.rejected:
+            writer.append("rejections", federation.rejected)
+        w0 = initial_meta_policy(cfg)
+        writer.save_meta_policy(w0, 0, "meta_policy_init.pt")
+        strategy = STRATEGIES.get(cfg.fed.strategy)(cfg, federation, writer)
+        t0 = time.monotonic()
+        result = strategy.start(grid=grid, initial_arrays=arrays_to_record(w0), num_rounds=cfg.num_server_rounds,
+                                timeout=cfg.fed.round_timeout, train_config=ConfigRecord({}),
+                                evaluate_config=ConfigRecord({}))
+        final = record_to_arrays(result.arrays)
+        writer.save_meta_policy(final, cfg.num_server_rounds)
+        summary = build_summary(cfg, getattr(strategy, "last_evaluation", []), federation.optimal,
+                                time.monotonic() - t0,
+                                meta_test=getattr(strategy, "last_meta_test", []),
+                                meta_test_init=getattr(strategy, "meta_test_init", []),
+                                env_steps=getattr(strategy, "cum_env_steps", None))
+        writer.write_summary(summary)
+        return summary
 
 
 def make_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
@@ -106,7 +120,7 @@ def make_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = ExperimentConfig.from_flat({**dict(context.run_config), **dict(overrides or {})})
-        run_experiment(grid, cfg)
+        run_experiment(grid, cfg, context.run_id)
 
     return app
 

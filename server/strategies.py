@@ -281,6 +281,7 @@ class MetaFedAvg(FedAvg):
             self.progress.evaluate(server_round, train)
         if test:
             self._record_meta_test(server_round, test)
+        self.writer.sync()  # the round ends here (Flower calls aggregate_evaluate every round): its rows to disk
         return MetricRecord(means) if means else None
 
     def _record_meta_test(self, server_round: int, rows: list[dict[str, float | int]]) -> None:

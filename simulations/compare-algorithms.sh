@@ -2,6 +2,7 @@
 # Run one preset for every client algorithm over seeds 0-4 and compare them (the README's held-out tables).
 #   bash simulations/compare-algorithms.sh point-nav-heldout [OUT_DIR] [SEEDS] [extra --run-config overrides]
 # e.g. bash simulations/compare-algorithms.sh grid-heldout results/grid-heldout 0-4
+# OUT_DIR must not hold the runs of an earlier invocation: fedmeta run refuses a run directory that holds a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${1:?usage: compare-algorithms.sh PRESET [OUT_DIR] [SEEDS] [OVERRIDES]}"

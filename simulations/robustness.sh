@@ -12,6 +12,7 @@ run() {  # run NAME OVERRIDES: every seed into $out/NAME/s<seed>; a failed run i
   for seed in $(seq "${seeds%-*}" "${seeds#*-}"); do
     dir="$(pwd)/$out/$1/s$seed"
     [ -f "$dir/summary.json" ] || [ -f "$dir/FAILED" ] && continue  # done in an earlier invocation
+    rm -rf -- "$dir"  # an interrupted earlier attempt: fedmeta run refuses a directory that holds a run
     code=0
     .venv/bin/fedmeta run point-nav-robust --no-plots --run-config "seed=$seed run-dir='$dir' $2" || code=$?
     if [ "$code" != 0 ]; then mkdir -p "$dir"; echo "exit $code" > "$dir/FAILED"; fi

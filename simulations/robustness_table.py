@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedmeta.results import read_jsonl
 from fedmeta.stats import bootstrap_ci
 
 ATTACKS = ["clean", "huge", "zero", "sign-flip", "noise", "random-action"]
@@ -33,7 +34,7 @@ def failures(run_group: Path) -> list[int]:
     out = []
     for marker in sorted(run_group.glob("s*/FAILED")):
         rounds = marker.parent / "rounds.jsonl"
-        done = [json.loads(line)["round"] for line in rounds.read_text().splitlines()] if rounds.exists() else []
+        done = [row["round"] for row in read_jsonl(rounds)]  # a torn last line (the run was killed) is skipped
         out.append(max(done, default=0))
     return out
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import fedmeta.config
 import fedmeta.cli
 import fedmeta.resources
 from fedmeta.config import describe_keys
@@ -287,3 +288,56 @@ def test_bad_input_through_the_real_command(argv, needle, tmp_path):
     assert "fedmeta: running" not in proc.stdout
     assert_one_error_line(proc.returncode, proc.stdout, proc.stderr, needle)
     assert not any(tmpdir.iterdir()) and not (work / "out").exists()
+
+
+# ------------------------------------------------------------------------------- a second run into a run's directory
+def _a_run(run_dir: Path) -> bytes:
+    """A results directory as a (stopped) run leaves it: config.json and rounds; its rows' bytes."""
+    from fedmeta.results import RunWriter
+
+    with RunWriter(run_dir) as writer:
+        writer.write_config({"seed": 0})
+        writer.append("rounds", [{"round": 1, "phase": "train"}])
+    return (run_dir / "rounds.jsonl").read_bytes()
+
+
+def test_a_second_run_into_a_run_directory_is_refused(files, no_launch, capsys):
+    run_dir = files / "run"
+    rows = _a_run(run_dir)
+    line = assert_one_error_line(*run_in_process(rc(f"run-dir='{run_dir}'"), capsys), f"run-dir='{run_dir}'")
+    assert line.endswith("already holds a run (config.json, rounds.jsonl); valid: an empty or new directory"), line
+    assert (run_dir / "rounds.jsonl").read_bytes() == rows and sorted(p.name for p in run_dir.iterdir()) == [
+        "config.json", "rounds.jsonl"]
+
+
+def test_a_seed_whose_directory_holds_a_run_is_refused_before_any_seed_runs(files, no_launch, capsys):
+    _a_run(files / "runs" / "s1")
+    line = assert_one_error_line(*run_in_process([*rc(f"run-dir='{files / 'runs'}'"), "--seeds", "0-2"], capsys),
+                                 f"run-dir='{files / 'runs' / 's1'}'")
+    assert "already holds a run" in line and not (files / "runs" / "s0").exists()
+
+
+def test_a_directory_holding_other_files_is_refused_naming_them(files, no_launch, capsys):
+    (files / "notes").mkdir()
+    (files / "notes" / "todo.txt").write_text("x")
+    line = assert_one_error_line(*run_in_process(rc(f"run-dir='{files / 'notes'}'"), capsys), "run-dir=")
+    assert "is not empty (todo.txt); valid: an empty or new directory" in line
+
+
+def test_an_empty_existing_run_directory_is_used(files, no_launch, capsys):
+    (files / "empty").mkdir()
+    with pytest.raises(Launched, match="empty"):
+        fedmeta.cli.main(rc(f"run-dir='{files / 'empty'}'"))
+
+
+def test_the_server_app_refuses_a_run_directory_that_holds_a_run(tmp_path):
+    """Deployments start no ``fedmeta run``: the ServerApp checks before it writes anything."""
+    from server.server_app import open_writer
+
+    _a_run(tmp_path / "run")
+    cfg = fedmeta.cli.resolve(None, [f"run-dir='{tmp_path / 'run'}'"])[0]
+    with pytest.raises(fedmeta.config.ConfigError, match="already holds a run"):
+        open_writer(cfg)
+    (tmp_path / "fresh" / "clients").mkdir(parents=True)  # an empty state dir, as prepare_dir makes it
+    (tmp_path / "fresh" / "fedmeta.log").write_text("")  # the simulation's log comes first
+    open_writer(fedmeta.cli.resolve(None, [f"run-dir='{tmp_path / 'fresh'}'"])[0]).close()

@@ -120,6 +120,8 @@ def test_a_grid_run_draws_its_returns_and_trajectories(grid_run):
     for name in ("returns.png", "trajectories.png"):
         assert f"fedmeta: wrote {run_dir / name}" in stdout
         assert_real_png(run_dir / name)
+    cfg = ExperimentConfig.from_flat(json.loads((run_dir / "config.json").read_text())["config"])
+    assert _after_policy(run_dir, cfg, 0, {})[1] == "after: personalized θi"  # clients/run-<run-id>/task-0.npz
 
 
 @pytest.mark.slow

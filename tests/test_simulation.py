@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from helpers import new_descendants, private_tmpdir, ray_processes_of
 
 from fedmeta import procs
 from fedmeta.algorithms import CLIENT_ALGORITHMS
-from fedmeta.results import read_jsonl
+from fedmeta.results import client_state_path, read_jsonl
 from fedmeta.tasks import TASK_FAMILIES
 
 
@@ -39,7 +40,9 @@ def test_smoke_run_completes_and_only_arrays_and_scalars_leave_clients(tmp_path)
     assert config["config"]["task.family"] == "point-nav" and config["versions"]["flwr"] == "1.41.0"
     train_rows = [r for r in read_jsonl(run_dir / "clients.jsonl") if r["phase"] == "train"]
     assert len(train_rows) == 4 and all(r["num-env-steps"] > 0 for r in train_rows)
-    assert (run_dir / "meta_policy.pt").exists() and (run_dir / "clients" / "task-0.npz").exists()
+    assert (run_dir / "meta_policy.pt").exists()
+    assert [p.relative_to(run_dir) for p in (run_dir / "clients").rglob("task-0.npz")] == [  # keyed by the run
+        client_state_path(Path("clients"), config["run-id"], 0)]
 
     # The held-out task (partition 3) is evaluated (meta-test) and never receives a train message.
     entries = [json.loads(line) for line in audit.read_text().splitlines()]

@@ -39,6 +39,20 @@ def test_the_key_is_off_by_default_and_needs_the_package(monkeypatch, capsys):
 
 
 @needs_tensorboard
+def test_export_skips_a_torn_last_line(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fedmeta.tensorboard_log import export
+
+    with RunWriter(tmp_path) as writer:
+        writer.append("rounds", [{"round": r, "phase": "train", "train-return": float(r)} for r in (1, 2)])
+    with open(tmp_path / "rounds.jsonl", "ab") as fh:
+        fh.write(b'{"round": 3, "phase": "train", "train-ret')  # a crash mid-append
+    events = EventAccumulator(str(export(tmp_path))).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/train-return")] == [(1, 1.0), (2, 2.0)]
+
+
+@needs_tensorboard
 def test_run_writer_mirrors_rounds_rows_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
