@@ -27,11 +27,10 @@ and :meth:`FrozenLakeHoles.exact_return` are exact (:mod:`fedmeta.tasks.tabular`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 from gymnasium.envs.toy_text.frozen_lake import MAPS, FrozenLakeEnv, generate_random_map
 from gymnasium.utils import EzPickle
@@ -39,6 +38,9 @@ from gymnasium.utils import EzPickle
 from fedmeta.tasks import tabular
 from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, register_gym_env
 from fedmeta.tasks.tabular import TabularMDP, TabularVectorEnv, action_probabilities
+
+if TYPE_CHECKING:  # torch is imported where a policy is evaluated, not by the config checks
+    import torch
 
 BO_MRL_GAMMA = 0.8
 PRESETS: Mapping[str, float] = {"high-var": 0.7, "low-var": 0.9, "p0.8": 0.8}  # p = P(tile is frozen)

@@ -15,11 +15,10 @@ The task is tabular, so :meth:`GridNav.optimal_return` (finite-horizon value ite
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
@@ -27,6 +26,9 @@ from fedmeta.tasks import tabular
 from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, register_gym_env, spec_option
 from fedmeta.tasks.batched import BatchedVectorEnv
 from fedmeta.tasks.tabular import TabularMDP, action_probabilities
+
+if TYPE_CHECKING:  # torch is imported where a policy is evaluated, not by the config checks
+    import torch
 
 MOVES = np.array([[0, 0], [0, 1], [0, -1], [1, 0], [-1, 0]], dtype=np.int64)
 ACTION_NAMES = ("pause", "up", "down", "right", "left")
