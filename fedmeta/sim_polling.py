@@ -1,23 +1,15 @@
-"""Shorter polling in Flower's simulation engine: a round trip in milliseconds, not a tenth of a second.
+"""Shorter polling in Flower's simulation engine (see :mod:`fedmeta.polling` for the whole picture).
 
-Flower 1.41's in-process simulation passes every message through two polling loops:
-
-- ``vce_api.add_messages_to_queue`` sweeps the LinkState for new messages of each node, then
-  waits 0.1 s (the engine's side);
-- ``InMemoryGrid.send_and_receive`` pulls replies, then sleeps ``pull_interval`` = 0.1 s (the
-  ServerApp's side).
-
-So each phase of a round (train, evaluate, discovery) waits about 0.1 s on average on top of
-its work: 0.13 s per round of the default experiment, whose rounds compute for ~0.25 s.
-:func:`fast_polling` replaces the engine's loop with one that waits ``interval`` seconds, or
-4× its own sweep time when that is longer (a sweep costs a lock and a lookup per node, so at
-1,000 nodes the loop stays a small fraction of a core), capped at Flower's 0.1 s;
-:func:`poll_faster` sets the grid's ``pull_interval``.
+The engine's ``vce_api.add_messages_to_queue`` sweeps the LinkState for new messages of each node,
+then waits 0.1 s.  :func:`fast_polling` replaces it, while an engine starts, with a loop that waits
+``interval`` seconds (``simulation.poll-interval``), or 4× its own sweep time when that is longer
+(a sweep costs a lock and a lookup per node, so at 1,000 nodes the loop stays a small fraction of
+a core), capped at Flower's 0.1 s.
 
 Flower internals relied on (re-check on a Flower upgrade): ``run_api`` starts
 ``threading.Thread(target=add_messages_to_queue, args=(state, queue, nodes_mapping, f_stop))``,
 looking the function up in ``vce_api`` when the engine starts; ``state.get_message_ins(node_id=,
-limit=1)``; the grid handed to the ServerApp has a ``pull_interval`` attribute.
+limit=1)``.
 """
 
 from __future__ import annotations
@@ -31,7 +23,7 @@ from typing import Any
 
 from flwr.server.superlink.fleet.vce import vce_api
 
-FLOWER_INTERVAL = 0.1  # Flower's own wait in both loops (s)
+FLOWER_INTERVAL = 0.1  # Flower's own wait in the engine's loop (s)
 SWEEP_FACTOR = 4.0  # wait at least this many times the last sweep's duration
 
 
@@ -68,10 +60,3 @@ def fast_polling(interval: float) -> Iterator[None]:
         yield
     finally:
         vce_api.add_messages_to_queue = previous  # type: ignore[assignment]
-
-
-def poll_faster(grid: Any, interval: float) -> None:
-    """Let the ServerApp's ``grid`` pull replies every ``interval`` seconds (in-memory grids of
-    the simulation only; a deployment's grid talks to the SuperLink and keeps its own)."""
-    if interval < FLOWER_INTERVAL and hasattr(grid, "pull_interval"):
-        grid.pull_interval = interval

@@ -14,6 +14,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedmeta.config import ConfigError, ExperimentConfig, plugin_dirs
+from fedmeta.polling import pull_every, pull_interval_for
 from fedmeta.records import arrays_to_record, record_to_arrays
 from fedmeta.results import RunWriter, default_run_dir, run_files
 from fedmeta.summary import build_summary
@@ -120,7 +121,7 @@ def make_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = ExperimentConfig.from_flat({**dict(context.run_config), **dict(overrides or {})})
-        run_experiment(grid, cfg, context.run_id)
+        run_experiment(pull_every(grid, pull_interval_for(grid, cfg.simulation.poll_interval)), cfg, context.run_id)
 
     return app
 

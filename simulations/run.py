@@ -82,21 +82,16 @@ def write_outcome(error: str | None) -> None:
         partial.replace(path)
 
 
-def reporting(app: ServerApp, done: threading.Event, poll_interval: float | None = None) -> ServerApp:
+def reporting(app: ServerApp, done: threading.Event) -> ServerApp:
     """``app`` wrapped so that when its main returns or raises, the outcome is written
-    (:func:`write_outcome`) and ``done`` is set; its grid pulls replies every ``poll_interval``
-    seconds (None: Flower's interval)."""
+    (:func:`write_outcome`) and ``done`` is set."""
     from flwr.serverapp import ServerApp
-
-    from fedmeta.sim_polling import poll_faster
 
     outer = ServerApp()
 
     @outer.main()
     def main(grid: Grid, context: Context) -> None:
         error = None
-        if poll_interval is not None:
-            poll_faster(grid, poll_interval)
         try:
             app(grid, context)
         except Exception as exc:
@@ -164,7 +159,7 @@ def main(argv: list[str]) -> int:
     try:
         with bounded_ray_backend(stop=STOP, on_ray_started=claim_sigterm) as backend_name, \
                 fast_polling(sim.poll_interval):
-            run_simulation(server_app=reporting(server.server_app.make_app(flat), STOP, sim.poll_interval),
+            run_simulation(server_app=reporting(server.server_app.make_app(flat), STOP),
                            client_app=clients.client_app.make_app(flat),
                            num_supernodes=cfg.task.num_clients + cfg.task.num_test_tasks,
                            backend_name=backend_name, backend_config=backend_config)  # type: ignore[arg-type]
