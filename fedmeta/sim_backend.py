@@ -1,6 +1,6 @@
 """A Ray simulation backend whose ClientApp calls always end: bounded waits, fresh actors.
 
-Flower 1.41's ``RayBackend.process_message`` waits for a ClientApp's result with an unbounded
+Flower 1.42's (as 1.41's) ``RayBackend.process_message`` waits for a ClientApp's result with an unbounded
 ``ray.get`` and puts the actor back into the pool whatever happened to it: one hung ClientApp
 blocks an actor (and ``run_simulation``) forever, and a crashed actor keeps failing every
 message routed to it.  :class:`BoundedRayBackend` waits at most ``message_timeout`` seconds from
@@ -11,7 +11,7 @@ exception with a one-line message (an actor that timed out while still starting 
 queued call refuses to run once its deadline has passed, see :class:`_UntilDeadline`), which Flower's engine sends to the ServerApp as the
 reply's error reason.
 
-Flower 1.41 has no backend registry (``backend_name`` is only compared with ``"ray"``):
+Flower 1.42 (as 1.41) has no backend registry (``backend_name`` is only compared with ``"ray"``):
 ``start_vce`` builds ``RayBackend(backend_config)``, looked up in
 ``flwr.server.superlink.fleet.vce.backend.raybackend`` when the engine starts.
 :func:`bounded_ray_backend` puts this class there for the duration of a ``with`` block.

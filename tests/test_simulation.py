@@ -37,7 +37,7 @@ def test_smoke_run_completes_and_only_arrays_and_scalars_leave_clients(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [t["task-id"] for t in summary["tasks"]] == [0, 1, 2]
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["config"]["task.family"] == "point-nav" and config["versions"]["flwr"] == "1.41.0"
+    assert config["config"]["task.family"] == "point-nav" and config["versions"]["flwr"] == "1.42.0"
     train_rows = [r for r in read_jsonl(run_dir / "clients.jsonl") if r["phase"] == "train"]
     assert len(train_rows) == 4 and all(r["num-env-steps"] > 0 for r in train_rows)
     assert (run_dir / "meta_policy.pt").exists()
