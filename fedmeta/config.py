@@ -98,6 +98,9 @@ class MamlConfig:
                                                       "(also the steps of the meta-test adaptation's training)"))
     inner_lr: float = field(default=0.1, metadata=_doc("alpha: inner step size, theta' = theta + alpha grad~J (eq. 12)"))
     first_order: bool = field(default=False, metadata=_doc("drop the second-order terms: d theta'/d theta = I (FO-MAML)"))
+    outer_lr: float = field(default=0.001, metadata=_doc("beta of Alg. 1: the sgd server step theta <- theta + beta * mean "
+                                                         "meta-gradient (replaces fed.beta for these algorithms; "
+                                                         "fed.server-optimizer='adam' uses fed.server-lr)"))
 
 
 @dataclass(frozen=True)
@@ -342,15 +345,10 @@ class ExperimentConfig:
         _choice("prox.init", prox.init, ["meta", "personal"])
 
     def _validate_maml(self) -> None:
-        from fedmeta.algorithms import CLIENT_ALGORITHMS
-
         maml = self.maml
         _in_range("maml.inner-steps", maml.inner_steps, 1, MAX_COUNT)
         _positive("maml.inner-lr", maml.inner_lr)
-        if getattr(CLIENT_ALGORITHMS.get(self.algorithm), "meta_gradient", False) and self.solver.baseline == "normalized":
-            # dividing by a batch std rescales the maml term but not the J~ * score term: the estimate is biased
-            raise ConfigError(f"solver.baseline='normalized' is invalid for algorithm={self.algorithm!r} (biases the "
-                              f"meta-gradient); valid: none, mean")
+        _positive("maml.outer-lr", maml.outer_lr)
 
     def _validate_fed(self) -> None:
         from fedmeta.aggregation import AGGREGATORS

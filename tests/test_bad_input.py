@@ -145,6 +145,8 @@ CASES = [
     case("init-std 1e400", rc("policy.init-std=1e400"), "policy.init-std=inf"),
     case("clients-per-round > clients", rc("fed.clients-per-round=9"), "valid: 1..3"),
     case("prox.tol off memrl", rc("algorithm='fedavg'", "prox.tol=0.1"), "applies to algorithm 'memrl' only"),
+    case("maml.inner-steps=0", rc("algorithm='maml'", "maml.inner-steps=0"), "maml.inner-steps=0"),
+    case("maml.inner-lr<0", rc("algorithm='emaml'", "maml.inner-lr=-0.1"), "maml.inner-lr=-0.1"),
     # syntax of the command line
     case("unknown key", rc("nosuchkey=1"), "unknown key 'nosuchkey'"),
     case("unknown section", rc("a.b.c=1"), "unknown key 'a.b.c'"),
@@ -169,7 +171,7 @@ def _generated() -> list[pytest.param]:
              "prox.init", "fed.strategy", "fed.server-optimizer", "fed.aggregator", "fed.weighting", "client.device",
              "faults.kind"]
     capped = ["num-server-rounds", "seed", "task.seed", "task.num-clients", "task.num-test-tasks", "task.horizon",
-              "solver.episodes-per-step", "prox.inner-steps", "prox.local-rounds", "fed.clients-per-round",
+              "solver.episodes-per-step", "prox.inner-steps", "prox.local-rounds", "maml.inner-steps", "fed.clients-per-round",
               "fed.min-replies", "fed.norm-window", "eval.every", "eval.episodes", "eval.adapt-steps",
               "client.num-threads", "client.sampler-workers", "simulation.num-cpus", "simulation.client-cpus"]
     out = []

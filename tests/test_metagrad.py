@@ -69,14 +69,14 @@ def exact_return(policy: torch.nn.Module, flat: torch.Tensor) -> torch.Tensor:
 
 
 def inner_gradient(scores: torch.Tensor, rtg: torch.Tensor, batch: tuple[int, ...], baseline: str) -> torch.Tensor:
-    """∇~J(θ, D) = (1/|D|) Σ_τ Σ_h ∇log π(a_h|s_h) (R^h − b_h) (eqs. 4-5), with the leave-one-out mean
-    baseline b_h when ``baseline`` is ``"mean"``."""
-    total = 0.0
-    for n, i in enumerate(batch):
-        others = [j for m, j in enumerate(batch) if m != n]
-        b = rtg[others].mean(0) if (baseline == "mean" and others) else torch.zeros(2, dtype=rtg.dtype)
-        total = total + (scores[i] * (rtg[i] - b).unsqueeze(-1)).sum(0)
-    return total / len(batch)
+    """∇~J(θ, D) = (1/|D|) Σ_τ Σ_h ∇log π(a_h|s_h) A^h(τ) (eqs. 4-5) with A^h = R^h − b_h: b_h = 0
+    (``"none"``) or the leave-one-out batch mean (``"mean"``); ``"normalized"`` divides A by its
+    standard deviation over the batch (zero mean, unit scale per task)."""
+    adv = torch.stack([rtg[i] - (rtg[[j for m, j in enumerate(batch) if m != n]].mean(0) if baseline != "none"
+                                 else torch.zeros(2, dtype=rtg.dtype)) for n, i in enumerate(batch)])
+    if baseline == "normalized":
+        adv = adv / (adv.std() + 1e-8)
+    return sum((scores[i] * adv[n].unsqueeze(-1)).sum(0) for n, i in enumerate(batch)) / len(batch)
 
 
 def exact_values(policy: torch.nn.Module, theta: torch.Tensor, steps: int, baseline: str = "none",
@@ -182,13 +182,13 @@ def test_sgmrl_is_unbiased_for_two_inner_steps():
     assert z_scores(sg["maml_term"], exact).max() > 8  # without the score terms of both steps: biased
 
 
-def test_a_per_task_zero_mean_baseline_does_not_remove_the_sgmrl_term():
-    """The inner and outer gradients subtract the batch's leave-one-out mean (solver.baseline = "mean",
-    advantages of zero mean per task), but J~(θ', D_o) in the SG-MRL term stays the raw mean return.
-    Normalizing it per task to zero mean (the released code's bug, reference-results.md §1.1) would
-    make the term vanish, leaving the biased MAML estimate."""
-    exact = exact_gradient(1, "mean")
-    sg = sample_estimates("sgmrl", 1, 1500, baseline="mean")
+def test_per_task_advantage_normalization_does_not_remove_the_sgmrl_term():
+    """The inner updates use advantages normalized per task to zero mean and unit scale
+    (solver.baseline = "normalized"), but J~(θ', D_o) in the SG-MRL term stays the raw mean return.
+    Normalizing it per task to zero mean too (the released code's bug, reference-results.md §1.1)
+    would make the term vanish, leaving the biased MAML estimate."""
+    exact = exact_gradient(1, "normalized")
+    sg = sample_estimates("sgmrl", 1, 1500, baseline="normalized")
     assert z_scores(sg["grad"], exact).max() < Z
     assert z_scores(sg["maml_term"], exact).max() > 5
     assert sg["outer_return"].mean() > 0.5 and np.all(sg["outer_return"] >= 0)  # raw returns (rewards >= 0)

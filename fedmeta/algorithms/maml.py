@@ -6,7 +6,7 @@ samples D_o with the adapted policy θ^ζ and uploads its estimate of ∇V_ζ(θ
 (``fedmeta.algorithms.metagrad``: eq. 13 / 39 for ``sgmrl``, eq. 16 for ``maml``).  The upload
 is gradient-shaped (``upload = "gradient"``): the server averages the estimates and takes one
 server-optimizer ascent step θ ← θ + β·mean ∇̃V (``fed.server-optimizer = "sgd"``, β =
-``fed.beta``, the paper's outer step) or FedAdam.  θ^ζ is the client's personalized policy and
+``maml.outer-lr``, the paper's outer step) or FedAdam (``fed.server-lr``).  θ^ζ is the client's personalized policy and
 stays on the client.  ``maml.first-order`` drops the second-order terms (FO-MAML / the paper's
 first-order SG-MRL).
 

@@ -37,7 +37,7 @@ from fedmeta.rollouts import EpisodeBatch, discounted_return, loo_mean_baseline,
 
 Params = dict[str, torch.Tensor]
 ESTIMATORS = ("sgmrl", "maml", "emaml")
-BASELINES = ("none", "mean")
+BASELINES = ("none", "mean", "normalized")
 
 
 def log_probs(policy: torch.nn.Module, params: Mapping[str, torch.Tensor], batch: EpisodeBatch) -> torch.Tensor:
@@ -51,13 +51,17 @@ def pg_surrogate(policy: torch.nn.Module, params: Mapping[str, torch.Tensor], ba
     """ν̄ = (1/|D|) Σ_τ Σ_h log π(a_h|s_h) (R^h(τ) − b_h): its gradient is ∇̃J(θ, D) of eqs. (4)-(5).
 
     ``baseline`` ``"mean"`` subtracts the leave-one-out mean of R^h over the batch (a function of the
-    batch's rewards only, so the estimate stays unbiased); ``"none"`` is the paper's plain form.
+    batch's rewards only, so the estimate stays unbiased); ``"normalized"`` also divides by the
+    batch's standard deviation (a batch-dependent step size: fine for the inner update Ψ, which it
+    defines, not for the outer estimate); ``"none"`` is the paper's plain form.
     """
     if baseline not in BASELINES:
         raise ValueError(f"baseline {baseline!r}; choose from {', '.join(BASELINES)}")
     returns = reward_to_go(batch.rewards, batch.masks, gamma)
-    if baseline == "mean":
+    if baseline in ("mean", "normalized"):
         returns = returns - loo_mean_baseline(returns, batch.masks)
+    if baseline == "normalized":
+        returns = returns / (returns[batch.masks > 0].std() + 1e-8)
     return (log_probs(policy, params, batch) * returns.detach()).sum(0).mean()
 
 
@@ -99,7 +103,9 @@ def meta_gradient(policy: torch.nn.Module, meta: Mapping[str, torch.Tensor], sam
     """Estimate ∇V_ζ(θ) at θ = ``meta`` for one task with ζ = ``steps`` inner steps (eqs. 13, 16, 39).
 
     ``sample(params)`` returns a fresh batch of episodes of the policy with parameters ``params``
-    (detached); it is called ζ + 1 times: D_in,1 .. D_in,ζ, then D_o.
+    (detached); it is called ζ + 1 times: D_in,1 .. D_in,ζ, then D_o.  ``baseline`` shapes the inner
+    updates Ψ (any deterministic function of the batch keeps eq. 39 unbiased for the V_ζ it defines);
+    the outer estimate ∇̃J(θ^ζ, D_o) must be unbiased, so ``"normalized"`` there is the mean baseline only.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
@@ -121,7 +127,7 @@ def meta_gradient(policy: torch.nn.Module, meta: Mapping[str, torch.Tensor], sam
     outer = sample(adapted)
     env_steps += outer.num_steps
     outer_return = float(discounted_return(outer.rewards, outer.masks, gamma).mean())  # J̃(θ^ζ, D_o): never normalized
-    maml_objective = pg_surrogate(policy, current, outer, gamma, baseline)
+    maml_objective = pg_surrogate(policy, current, outer, gamma, "mean" if baseline == "normalized" else baseline)
     maml_term = _grad(maml_objective, theta, retain=bool(score_logp))
     if score_logp:
         score_term = _grad(outer_return * torch.stack(score_logp).sum(), theta, retain=False)
