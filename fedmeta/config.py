@@ -96,7 +96,9 @@ class MamlConfig:
 
     inner_steps: int = field(default=1, metadata=_doc("zeta: policy-gradient steps from the meta-policy before D_o is sampled "
                                                       "(also the steps of the meta-test adaptation's training)"))
-    inner_lr: float = field(default=0.1, metadata=_doc("alpha: inner step size, theta' = theta + alpha grad~J (eq. 12)"))
+    inner_lr: float = field(default=0.1, metadata=_doc("alpha: inner step size, theta' = theta + alpha grad~J (eq. 12); "
+                                                      "grad~J sums over time steps (eq. 5): a step size tuned on the "
+                                                      "per-step mean loss (rllab, ProMP) is that value / H"))
     first_order: bool = field(default=False, metadata=_doc("drop the second-order terms: d theta'/d theta = I (FO-MAML)"))
     outer_lr: float = field(default=0.001, metadata=_doc("beta of Alg. 1: the sgd server step theta <- theta + beta * mean "
                                                          "meta-gradient (replaces fed.beta for these algorithms; "
