@@ -8,8 +8,11 @@ D_in,t ~ q(·; θ^{t-1}), then samples D_o ~ q(·; θ^ζ).  The estimators of �
 * ``sgmrl`` (eq. 13; multi-step eq. 39, Appendix C), unbiased:
       ∂θ^ζ/∂θᵀ ∇̃J(θ^ζ, D_o)  +  J̃(θ^ζ, D_o) Σ_t ∂θ^{t-1}/∂θᵀ Σ_{τ∈D_in,t} ∇log π(τ; θ^{t-1});
 * ``maml`` (eq. 16, Finn et al. 2017): the first term only (biased for V_ζ);
-* ``emaml`` (E-MAML, Stadie et al. 2018, as in the ProMP code base): the second term averaged
-  over each batch instead of summed, i.e. scaled by 1/|D_in,t| (biased unless |D_in,t| = 1).
+* ``emaml`` (E-MAML, Stadie et al. 2018): the second term averaged over each batch instead of
+  summed, i.e. scaled by 1/|D_in,t| (biased unless |D_in,t| = 1).  The ProMP code base
+  (``VPGMAML(exploration=True)``) also centres and scales the post-update rewards over the whole
+  meta-batch, averages over time steps and uses the first inner batch only; the meta-batch
+  statistics are not available to a federated client, so this is the per-task form.
 
 ∂θ^t/∂θ = Π_{t'≤t} (I + α ∇̃²J(θ^{t'-1}, D_in,t')) (eq. 33) is obtained by differentiating
 through the inner updates (``create_graph``), so every product above is a Hessian-vector product
