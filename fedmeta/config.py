@@ -100,6 +100,9 @@ class MamlConfig:
                                                       "grad~J sums over time steps (eq. 5): a step size tuned on the "
                                                       "per-step mean loss (rllab, ProMP) is that value / H"))
     first_order: bool = field(default=False, metadata=_doc("drop the second-order terms: d theta'/d theta = I (FO-MAML)"))
+    score_baseline: str = field(default="none", metadata=_doc("none (eq. 13 as written) | running: the sgmrl/emaml score "
+                                                              "term uses J~ - b, b = this client's moving average of its "
+                                                              "past J~ (unbiased, lower variance)"))
     outer_lr: float = field(default=0.001, metadata=_doc("beta of Alg. 1: the sgd server step theta <- theta + beta * mean "
                                                          "meta-gradient (replaces fed.beta for these algorithms; "
                                                          "fed.server-optimizer='adam' uses fed.server-lr)"))
@@ -351,6 +354,7 @@ class ExperimentConfig:
         _in_range("maml.inner-steps", maml.inner_steps, 1, MAX_COUNT)
         _positive("maml.inner-lr", maml.inner_lr)
         _positive("maml.outer-lr", maml.outer_lr)
+        _choice("maml.score-baseline", maml.score_baseline, ["none", "running"])
 
     def _validate_fed(self) -> None:
         from fedmeta.aggregation import AGGREGATORS

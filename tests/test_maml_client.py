@@ -83,3 +83,26 @@ def test_the_server_ascends_the_mean_meta_gradient(optimizer, key, tmp_path):
             moved = new[k] - meta[k]
             assert np.all(np.sign(moved[np.abs(mean[k]) > 1e-6]) == np.sign(mean[k][np.abs(mean[k]) > 1e-6]))
             assert np.abs(moved).max() == pytest.approx(0.003, rel=1e-3)
+
+
+def test_the_running_score_baseline_is_the_clients_past_outer_return():
+    _, plain, meta = _setup("sgmrl")
+    _, running, _ = _setup("sgmrl", **{"maml.score-baseline": "running"})
+    first = running.algorithm.train(running.venv, H, _torch(meta), _state(), seed=1)
+    slot = first[1].optimizers["score-baseline"]
+    assert slot == {"value": pytest.approx(first[2].train_return), "rounds": 1}  # J~(θ^ζ, D_o) of round 1
+    second_running = running.algorithm.train(running.venv, H, _torch(meta), first[1], seed=2)
+    second_plain = plain.algorithm.train(plain.venv, H, _torch(meta), _state(), seed=2)
+    assert second_running[2].train_return == second_plain[2].train_return  # the same batches ...
+    assert not all(torch.equal(second_running[0][k], second_plain[0][k]) for k in meta)  # ... (J~ − b) in the score term
+    assert second_running[1].optimizers["score-baseline"]["rounds"] == 2
+
+
+def _torch(arrays: dict) -> dict:
+    return {k: torch.as_tensor(v) for k, v in arrays.items()}
+
+
+def _state():
+    from fedmeta.algorithms import PrivateState
+
+    return PrivateState()

@@ -8,7 +8,9 @@ is gradient-shaped (``upload = "gradient"``): the server averages the estimates 
 server-optimizer ascent step θ ← θ + β·mean ∇̃V (``fed.server-optimizer = "sgd"``, β =
 ``maml.outer-lr``, the paper's outer step) or FedAdam (``fed.server-lr``).  θ^ζ is the client's personalized policy and
 stays on the client.  ``maml.first-order`` drops the second-order terms (FO-MAML / the paper's
-first-order SG-MRL).
+first-order SG-MRL).  ``maml.score-baseline = "running"`` subtracts the client's moving average of
+its past J̃(θ^ζ, D_o) (kept in its private state) from J̃ in the score term: still unbiased, since
+it does not depend on the round's batches, and far less noisy.
 
 Budget per sampled client and round: ζ + 1 batches of D episodes (ζ inner, one outer).
 
@@ -31,6 +33,10 @@ from fedmeta.algorithms.client import (CLIENT_ALGORITHMS, ClientAlgorithm, Param
 from fedmeta.algorithms.metagrad import inner_step, meta_gradient
 from fedmeta.algorithms.prox import params_distance
 from fedmeta.rollouts import EpisodeBatch, collect_episodes
+
+
+SCORE_BASELINE_SLOT = "score-baseline"  # the client's moving average of its past J~(θ^ζ, D_o) (maml.score-baseline)
+SCORE_BASELINE_DECAY = 0.9
 
 
 def _norm(params: Params) -> float:
@@ -61,11 +67,17 @@ class MetaGradientAlgorithm(ClientAlgorithm):
               seed: int) -> tuple[Params, PrivateState, RoundReport]:
         maml = self.cfg.maml
         sample = self._sampler(venv, horizon, seed, maml.inner_steps + 1)
+        running = state.optimizers.get(SCORE_BASELINE_SLOT, {"value": 0.0, "rounds": 0})
+        b = float(running["value"]) if maml.score_baseline == "running" else 0.0
         est = meta_gradient(self.solver.policy, meta, sample, maml.inner_steps, maml.inner_lr, self.cfg.solver.gamma,
-                            self.estimator, maml.first_order, self.cfg.solver.baseline)
+                            self.estimator, maml.first_order, self.cfg.solver.baseline, b)
         report = RoundReport(est.env_steps, est.outer_return, maml.inner_steps, _norm(est.grad),
                              params_distance(est.adapted, meta))
-        return est.grad, PrivateState(est.adapted, state.optimizers), report
+        past = int(running["rounds"])
+        value = est.outer_return if past == 0 else (
+            SCORE_BASELINE_DECAY * float(running["value"]) + (1.0 - SCORE_BASELINE_DECAY) * est.outer_return)
+        optimizers = {**state.optimizers, SCORE_BASELINE_SLOT: {"value": value, "rounds": past + 1}}
+        return est.grad, PrivateState(est.adapted, optimizers), report
 
     def adapt(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, steps: int,
               seed: int) -> tuple[list[Params], int]:

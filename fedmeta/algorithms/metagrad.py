@@ -102,13 +102,16 @@ def _grad(objective: torch.Tensor, theta: Params, retain: bool) -> Params:
 
 def meta_gradient(policy: torch.nn.Module, meta: Mapping[str, torch.Tensor], sample: Callable[[Params], EpisodeBatch],
                   steps: int, alpha: float, gamma: float, estimator: str = "sgmrl", first_order: bool = False,
-                  baseline: str = "none") -> MetaGradient:
+                  baseline: str = "none", score_baseline: float = 0.0) -> MetaGradient:
     """Estimate ∇V_ζ(θ) at θ = ``meta`` for one task with ζ = ``steps`` inner steps (eqs. 13, 16, 39).
 
     ``sample(params)`` returns a fresh batch of episodes of the policy with parameters ``params``
     (detached); it is called ζ + 1 times: D_in,1 .. D_in,ζ, then D_o.  ``baseline`` shapes the inner
     updates Ψ (any deterministic function of the batch keeps eq. 39 unbiased for the V_ζ it defines);
     the outer estimate ∇̃J(θ^ζ, D_o) must be unbiased, so ``"normalized"`` there is the mean baseline only.
+    ``score_baseline`` b multiplies the score term by (J̃(θ^ζ, D_o) − b) instead of J̃: unbiased for any
+    b that does not depend on this round's batches (E[Σ_τ ∇log π(τ; θ)] = 0), e.g. a running mean
+    of the task's past J̃; b = 0 is eq. (13) as written.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
@@ -133,7 +136,7 @@ def meta_gradient(policy: torch.nn.Module, meta: Mapping[str, torch.Tensor], sam
     maml_objective = pg_surrogate(policy, current, outer, gamma, "mean" if baseline == "normalized" else baseline)
     maml_term = _grad(maml_objective, theta, retain=bool(score_logp))
     if score_logp:
-        score_term = _grad(outer_return * torch.stack(score_logp).sum(), theta, retain=False)
+        score_term = _grad((outer_return - score_baseline) * torch.stack(score_logp).sum(), theta, retain=False)
     else:
         score_term = _zeros_like(theta)
     grad = {k: maml_term[k] + score_term[k] for k in theta}
