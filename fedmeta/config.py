@@ -91,6 +91,24 @@ class ProxConfig:
 
 
 @dataclass(frozen=True)
+class MamlConfig:
+    """Meta-gradient algorithms sgmrl, maml, emaml (Fallah et al. 2021, eqs. 12-16, 39)."""
+
+    inner_steps: int = field(default=1, metadata=_doc("zeta: policy-gradient steps from the meta-policy before D_o is sampled "
+                                                      "(also the steps of the meta-test adaptation's training)"))
+    inner_lr: float = field(default=0.1, metadata=_doc("alpha: inner step size, theta' = theta + alpha grad~J (eq. 12); "
+                                                      "grad~J sums over time steps (eq. 5): a step size tuned on the "
+                                                      "per-step mean loss (rllab, ProMP) is that value / H"))
+    first_order: bool = field(default=False, metadata=_doc("drop the second-order terms: d theta'/d theta = I (FO-MAML)"))
+    score_baseline: str = field(default="none", metadata=_doc("none (eq. 13 as written) | running: the sgmrl/emaml score "
+                                                              "term uses J~ - b, b = this client's moving average of its "
+                                                              "past J~ (unbiased, lower variance)"))
+    outer_lr: float = field(default=0.001, metadata=_doc("beta of Alg. 1: the sgd server step theta <- theta + beta * mean "
+                                                         "meta-gradient (replaces fed.beta for these algorithms; "
+                                                         "fed.server-optimizer='adam' uses fed.server-lr)"))
+
+
+@dataclass(frozen=True)
 class FedConfig:
     """Server side: sampling, validation and aggregation of auxiliary models."""
 
@@ -172,6 +190,7 @@ _SECTIONS: dict[str, type] = {
     "policy": PolicyConfig,
     "solver": SolverConfig,
     "prox": ProxConfig,
+    "maml": MamlConfig,
     "fed": FedConfig,
     "eval": EvalConfig,
     "client": ClientConfig,
@@ -187,7 +206,8 @@ class ExperimentConfig:
     experiment: str = field(default="memrl-grid", metadata=_doc("name in the result directory and summary: the preset's "
                                                                 "(a .toml file's stem), '<preset>+<family>' when "
                                                                 "task.family is switched"))
-    algorithm: str = field(default="memrl", metadata=_doc("client algorithm: memrl (pFedMe with prox.local-rounds > 1), independent, fedavg, fedavg-ft, fedprox, ditto"))
+    algorithm: str = field(default="memrl", metadata=_doc("client algorithm: memrl (pFedMe with prox.local-rounds > 1), independent, fedavg, fedavg-ft, fedprox, ditto, "
+                                                          "sgmrl, maml, emaml"))
     num_server_rounds: int = field(default=120, metadata=_doc("federated rounds T"))
     seed: int = field(default=0, metadata=_doc("run seed: policy init, sampling, client streams"))
     output_dir: str = field(default="results", metadata=_doc("parent directory of result directories"))
@@ -205,6 +225,7 @@ class ExperimentConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     prox: ProxConfig = field(default_factory=ProxConfig)
+    maml: MamlConfig = field(default_factory=MamlConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
@@ -269,6 +290,7 @@ class ExperimentConfig:
         self._validate_policy()
         self._validate_solver()
         self._validate_prox()
+        self._validate_maml()
         self._validate_fed()
         self._validate_eval()
         self._validate_client()
@@ -332,6 +354,13 @@ class ExperimentConfig:
             raise ConfigError(f"prox.tol={prox.tol} applies to algorithm 'memrl' only; valid: 0 for "
                               f"algorithm={self.algorithm!r}")
         _choice("prox.init", prox.init, ["meta", "personal"])
+
+    def _validate_maml(self) -> None:
+        maml = self.maml
+        _in_range("maml.inner-steps", maml.inner_steps, 1, MAX_COUNT)
+        _positive("maml.inner-lr", maml.inner_lr)
+        _positive("maml.outer-lr", maml.outer_lr)
+        _choice("maml.score-baseline", maml.score_baseline, ["none", "running"])
 
     def _validate_fed(self) -> None:
         from fedmeta.aggregation import AGGREGATORS

@@ -59,10 +59,18 @@ SERVER_OPTIMIZERS: Registry[type[ServerOptimizer]] = Registry("server optimizer"
 
 @SERVER_OPTIMIZERS.register("sgd")
 class ServerSGD(ServerOptimizer):
-    """w ← w + β·g (``fed.beta``)."""
+    """w ← w + β·g: β = ``fed.beta`` for model uploads, ``maml.outer-lr`` for meta-gradient uploads
+    (the outer step of SG-MRL / MAML, Fallah et al. Alg. 1, whose scale differs from a mixing weight)."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        super().__init__(cfg)
+        from fedmeta.algorithms import CLIENT_ALGORITHMS
+
+        gradient = CLIENT_ALGORITHMS.get(cfg.algorithm).upload == "gradient"
+        self.lr = cfg.maml.outer_lr if gradient else cfg.fed.beta
 
     def step(self, w: Arrays, g: Arrays) -> Arrays:
-        return sgd_step(w, g, self.cfg.fed.beta)
+        return sgd_step(w, g, self.lr)
 
 
 @SERVER_OPTIMIZERS.register("adam")

@@ -41,7 +41,9 @@ def test_every_algorithm_uploads_policy_shaped_arrays_at_the_same_budget_and_is_
     again = worker.train_round(meta, None, server_round=1)
     upload, personal, metrics, _ = first
     assert {k: v.shape for k, v in upload.items()} == {k: v.shape for k, v in meta.items()}
-    assert metrics["inner-steps"] == K and metrics["num-env-steps"] == K * D * H  # the same budget for all
+    # the same budget for all: K batches; a meta-gradient algorithm spends ζ = 1 inner + 1 outer batch
+    steps = 1 if getattr(CLIENT_ALGORITHMS.get(algorithm), "meta_gradient", False) else K
+    assert metrics["inner-steps"] == steps and metrics["num-env-steps"] == K * D * H
     assert _equal(upload, again[0]) and metrics == again[2]
     assert (personal is not None) == CLIENT_ALGORITHMS.get(algorithm).keeps_personal
 

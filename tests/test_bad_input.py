@@ -151,6 +151,8 @@ CASES = [
     case("ray-address port 0", rc("simulation.ray-address='127.0.0.1:0'"), "simulation.ray-address"),
     case("ray-address nobody there", rc("simulation.ray-address='127.0.0.1:9'"), "no Ray head node answers"),
     case("prox.tol off memrl", rc("algorithm='fedavg'", "prox.tol=0.1"), "applies to algorithm 'memrl' only"),
+    case("maml.inner-steps=0", rc("algorithm='maml'", "maml.inner-steps=0"), "maml.inner-steps=0"),
+    case("maml.inner-lr<0", rc("algorithm='emaml'", "maml.inner-lr=-0.1"), "maml.inner-lr=-0.1"),
     # syntax of the command line
     case("unknown key", rc("nosuchkey=1"), "unknown key 'nosuchkey'"),
     case("unknown section", rc("a.b.c=1"), "unknown key 'a.b.c'"),
@@ -175,7 +177,7 @@ def _generated() -> list[pytest.param]:
              "prox.init", "fed.strategy", "fed.server-optimizer", "fed.aggregator", "fed.weighting", "client.device",
              "faults.kind"]
     capped = ["num-server-rounds", "seed", "task.seed", "task.num-clients", "task.num-test-tasks", "task.horizon",
-              "solver.episodes-per-step", "prox.inner-steps", "prox.local-rounds", "fed.clients-per-round",
+              "solver.episodes-per-step", "prox.inner-steps", "prox.local-rounds", "maml.inner-steps", "fed.clients-per-round",
               "fed.min-replies", "fed.norm-window", "eval.every", "eval.episodes", "eval.adapt-steps",
               "client.num-threads", "client.sampler-workers", "simulation.num-cpus", "simulation.client-cpus"]
     out = []

@@ -81,7 +81,8 @@ def test_smoke_run_completes_and_only_arrays_and_scalars_leave_clients(tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", [a for a in CLIENT_ALGORITHMS.names() if a != "memrl"])  # memrl: smoke test
+@pytest.mark.parametrize("algorithm", [a for a in CLIENT_ALGORITHMS.names()  # memrl: smoke test; meta-gradient
+                                       if a != "memrl" and not getattr(CLIENT_ALGORITHMS.get(a), "meta_gradient", False)])
 def test_every_client_algorithm_runs_with_the_meta_test(algorithm, tmp_path):
     run_dir = tmp_path / "run"
     before = set(procs.descendants(os.getpid()))
