@@ -15,7 +15,7 @@ Register a variant with ``@STRATEGIES.register("name")`` on a factory
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from logging import INFO, WARNING
 
@@ -70,6 +70,7 @@ class MetaFedAvg(FedAvg):
         self.quarantine = Quarantine(cfg.fed.quarantine_after, cfg.fed.quarantine_rounds)
         self._sent: dict[int, int] = {}  # node → task sampled this round
         self._eval_sent: dict[int, int] = {}  # node → task asked to evaluate this round
+        self._messages: list[Message] = []  # this phase's messages (their ids are set when Flower pushes them)
         self._short_of: set[int] = set()  # the quarantined tasks last reported as leaving fewer than B
         self.upload = CLIENT_ALGORITHMS.get(cfg.algorithm).upload
         self.server_optimizer = SERVER_OPTIMIZERS.get(cfg.fed.server_optimizer)(cfg)
@@ -108,7 +109,8 @@ class MetaFedAvg(FedAvg):
         tasks = self.sample_tasks(server_round)
         self._sent = {self.task_nodes[t]: t for t in tasks}
         record = RecordDict({"arrays": arrays, "config": config})
-        return self._construct_messages(record, [self.task_nodes[t] for t in tasks], "train")
+        self._messages = list(self._construct_messages(record, [self.task_nodes[t] for t in tasks], "train"))
+        return self._messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         reference = self._w if self.upload == "model" else None
@@ -150,13 +152,16 @@ class MetaFedAvg(FedAvg):
         rejected: list[dict[str, Any]] = []
         shape_ref = self._w if reference is not None else {k: np.zeros_like(v) for k, v in self._w.items()}
         replied = set()
+        sent_to = destinations(self._messages)
         for reply in replies:
-            node = reply.metadata.src_node_id
-            task = self.node_tasks.get(node, -1)
+            node = addressee(reply, sent_to)
+            task = self._sent.get(node, self.node_tasks.get(node, -1))
             replied.add(node)
             reason, arrays, metrics = _unpack(reply)
             if reason is None and node not in self._sent:
                 reason = "reply from a node that was not sampled this round"
+            if reason is None and reply.metadata.src_node_id != node:
+                reason = f"reply from node {reply.metadata.src_node_id} to the message sent to node {node}"
             if reason is None:
                 reason = check_update(shape_ref, arrays, metrics, TRAIN_METRICS, self.cfg.fed.max_update_norm)
             if reason is not None:
@@ -244,14 +249,16 @@ class MetaFedAvg(FedAvg):
             test_config = ConfigRecord({**dict(config), "reference": int(not self.meta_test_init)})
             messages += self._construct_messages(RecordDict({"arrays": arrays, "config": test_config}),
                                                  [self.test_nodes[t] for t in sorted(self.test_nodes)], "evaluate")
+        self._messages = messages
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         rows: list[dict[str, float | int]] = []
         failed: list[dict[str, Any]] = []
         replied = set()
+        sent_to = destinations(self._messages)
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = addressee(reply, sent_to)
             replied.add(node)
             task = self._eval_sent.get(node, -1)
             if reply.has_error():
@@ -321,6 +328,18 @@ def _unpack(reply: Message) -> tuple[str | None, dict[str, np.ndarray], dict[str
     if len(arrays_recs) != 1 or len(metric_recs) != 1:
         return "reply must hold exactly one ArrayRecord and one MetricRecord", {}, {}
     return None, record_to_arrays(arrays_recs[0]), record_to_metrics(metric_recs[0])
+
+
+def destinations(sent: Sequence[Message]) -> dict[str, int]:
+    """Message id → destination node of the messages ``sent`` (ids are set when Flower pushes them)."""
+    return {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent if m.metadata.message_id}
+
+
+def addressee(reply: Message, sent_to: Mapping[str, int]) -> int:
+    """The node a reply stands for: the destination of the message it answers (``sent_to``, from
+    :func:`destinations`).  An error reply the SuperLink makes for a node that is gone does not
+    carry that node as its source; a reply to none of them falls back to its source."""
+    return sent_to.get(reply.metadata.reply_to_message_id, int(reply.metadata.src_node_id))
 
 
 def _mean_metrics(rows: list[dict[str, float | int]], exclude: set[str]) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the project root and a CPU-only, single-thread torch."""
+"""Shared fixtures: the project root, a CPU-only, single-thread torch, and a Flower task identity."""
 
 from __future__ import annotations
 
@@ -18,3 +18,14 @@ torch.set_num_threads(1)
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def task_identity():
+    """Messages built outside a Flower runtime need a task identity (Flower sets it in its app processes)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 2, 3
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import make_app
 from clients.state import ClientState
@@ -21,12 +20,8 @@ from fedmeta.worker import initial_meta_policy
 
 
 @pytest.fixture(autouse=True)
-def task_identity():
-    """Messages built outside a Flower runtime need a task identity (flower-notes.md, pitfall 13)."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 2, 3
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+def _identity(task_identity):
+    """Every test here builds Flower messages."""
 
 
 class Node:

@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import app
 from clients.contract import contract_mod, contract_violation
 
 
 @pytest.fixture(autouse=True)
-def task_identity():
-    """Messages built outside a Flower runtime need a task identity (flower-notes.md, pitfall 13)."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 2, 3
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+def _identity(task_identity):
+    """Every test here builds Flower messages."""
 
 
 def _reply(content: RecordDict) -> Message:

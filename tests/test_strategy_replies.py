@@ -1,0 +1,51 @@
+"""Which node and task a reply stands for: the destination of the message it answers, so that the
+error reply the SuperLink makes for a node that is gone is logged with that node and its task."""
+
+from __future__ import annotations
+
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from fedmeta.config import ExperimentConfig
+from fedmeta.records import arrays_to_record
+from fedmeta.results import RunWriter, read_jsonl
+from fedmeta.worker import initial_meta_policy
+from server.discovery import Federation
+from server.strategies import MetaFedAvg, RoundFailedError, addressee, destinations
+
+
+def _pushed(messages: list[Message]) -> list[Message]:
+    """What Flower's grid does to the messages it pushes: give each its id."""
+    for i, message in enumerate(messages):
+        message.metadata.__dict__["_message_id"] = f"msg-{i}"
+    return messages
+
+
+def test_failures_are_logged_with_the_node_and_task_the_message_went_to(tmp_path, task_identity):
+    cfg = ExperimentConfig.from_flat({"task.family": "point-nav", "task.horizon": 10, "fed.clients-per-round": 3})
+    with RunWriter(tmp_path) as writer:
+        strategy = MetaFedAvg(cfg, Federation({11: 0, 12: 1, 13: 2}), writer)
+        messages = _pushed(list(strategy.configure_train(1, arrays_to_record(initial_meta_policy(cfg)),
+                                                         ConfigRecord({}), grid=None)))
+        to_node = {int(m.metadata.dst_node_id): m for m in messages}
+        gone = Message(Error(code=3, reason="node 12 went offline"), reply_to=to_node[12])
+        gone.metadata.__dict__["_src_node_id"] = 0  # made by the SuperLink, not by node 12
+        upload = RecordDict({"arrays": arrays_to_record(initial_meta_policy(cfg)),
+                             "metrics": MetricRecord({"num-env-steps": 1})})
+        spoofed = Message(upload, reply_to=to_node[13])
+        spoofed.metadata.__dict__["_src_node_id"] = 11  # node 11 answering for node 13
+        assert addressee(gone, destinations(messages)) == 12
+        with pytest.raises(RoundFailedError):  # no valid update this round
+            strategy.aggregate_train(1, [gone, spoofed])
+    rows = {r["node-id"]: r for r in read_jsonl(tmp_path / "rejections.jsonl")}
+    assert sorted(rows) == [11, 12, 13]
+    assert rows[12]["task-id"] == 1 and "went offline" in rows[12]["reason"]
+    assert rows[13]["task-id"] == 2 and "reply from node 11 to the message sent to node 13" in rows[13]["reason"]
+    assert rows[11]["task-id"] == 0 and "no reply within" in rows[11]["reason"]
+
+
+def test_a_reply_to_no_message_sent_falls_back_to_its_source(task_identity):
+    original = Message(RecordDict({}), dst_node_id=5, message_type="train")
+    original.metadata.__dict__["_message_id"] = "elsewhere"
+    reply = Message(RecordDict({}), reply_to=original)
+    assert addressee(reply, {}) == reply.metadata.src_node_id == 5
