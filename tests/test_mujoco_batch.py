@@ -12,12 +12,15 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
+from fedmeta.config import ExperimentConfig
 from fedmeta.policies import make_policy
 from fedmeta.rollouts import collect_episodes
 from fedmeta.tasks import TASK_FAMILIES, TaskSpec, task_split
 from fedmeta.tasks.lockstep import LockstepVectorEnv
 from fedmeta.tasks.mujoco_batch import MujocoBatchVectorEnv, make_batch_vector_env
+from fedmeta.worker import TaskWorker, tasks_of
 
 pytestmark = pytest.mark.mujoco
 
@@ -121,3 +124,15 @@ def test_unknown_backend_is_rejected():
     spec = task_split("swimmer-vel", 1, 0, seed=0)[0][0]
     with pytest.raises(ValueError, match="backend='mjx' is invalid; choose from batch, gymnasium"):
         fam.make_vector_env(spec, 2, backend="mjx")
+
+
+@pytest.mark.parametrize(("backend", "threads", "kind"), [("batch", 2, MujocoBatchVectorEnv),
+                                                          ("gymnasium", 1, LockstepVectorEnv)])
+def test_client_config_chooses_the_backend(backend, threads, kind):
+    """``client.mujoco-backend`` and ``client.num-threads`` reach a client's vector env."""
+    cfg = ExperimentConfig.from_flat({"task.family": "swimmer-vel", "task.horizon": 10,
+                                      "client.mujoco-backend": backend, "client.num-threads": threads})
+    with TaskWorker(cfg, tasks_of(cfg)[0][0], torch.device("cpu")) as worker:
+        assert isinstance(worker.venv, kind)
+        if kind is MujocoBatchVectorEnv:
+            assert worker.venv.batch.nthread == threads

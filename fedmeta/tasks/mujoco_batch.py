@@ -40,15 +40,16 @@ import mujoco
 import numpy as np
 from mujoco.batch import Batch
 
+from fedmeta.config import MUJOCO_BACKENDS
+
 if TYPE_CHECKING:
     from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
 Index = slice | np.ndarray  # the simulations of a call: all (slice(None)) or sorted ids
 
-#: ``client.mujoco-backend`` values: ``batch`` (this module) or ``gymnasium`` (the reference envs
-#: stepped one by one, :class:`~fedmeta.tasks.lockstep.LockstepVectorEnv`).
-MUJOCO_BACKENDS = ("batch", "gymnasium")
-DEFAULT_BACKEND = "batch"
+#: ``client.mujoco-backend`` (:data:`fedmeta.config.MUJOCO_BACKENDS`): ``batch`` (this module) or
+#: ``gymnasium`` (the reference envs stepped one by one, :class:`~fedmeta.tasks.lockstep.LockstepVectorEnv`)
+DEFAULT_BACKEND = MUJOCO_BACKENDS[0]
 
 
 class SimArrays:

@@ -32,7 +32,8 @@ import mujoco
 import numpy as np
 
 from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec
-from fedmeta.tasks.mujoco_batch import DEFAULT_BACKEND, MUJOCO_BACKENDS, BatchKernel, make_batch_vector_env
+from fedmeta.config import MUJOCO_BACKENDS
+from fedmeta.tasks.mujoco_batch import DEFAULT_BACKEND, BatchKernel, make_batch_vector_env
 
 # ------------------------------------------------------------------ quiet compilation
 #: Substrings of MuJoCo warnings that are known, harmless and dropped during construction.
