@@ -32,13 +32,17 @@ SAME_STEP = gym.vector.AutoresetMode.SAME_STEP
 CASES = [
     ("half-cheetah-dir", "gymnasium"), ("half-cheetah-vel", "pytorch-maml-rl"),  # 17-D and 20-D (torso com)
     ("ant-dir", "promp"), ("ant-vel", "gymnasium"), ("ant-vel", "pytorch-maml-rl"),  # 111-, 105-, 125-D
-    ("swimmer-vel", "gymnasium"), ("walker-params", "gymnasium"), ("walker-params", "pearl"),
+    ("swimmer-vel", "gymnasium"), ("swimmer-vel", "promp+sign-bug"), ("walker-params", "gymnasium"),
+    ("walker-params", "pearl"),
 ]
 
 
 def _specs(family: str, compat: str, n: int) -> list[TaskSpec]:
-    """``n`` different tasks of the family (walker-params: n different physics)."""
-    return task_split(family, n, 0, seed=3, horizon=1000, options={"compat": compat})[0]
+    """``n`` different tasks of the family (walker-params: n different physics); ``compat+flag``
+    also sets the boolean family option ``task.<flag>``."""
+    compat, *flags = compat.split("+")
+    options = {"compat": compat, **{flag: True for flag in flags}}
+    return task_split(family, n, 0, seed=3, horizon=1000, options=options)[0]
 
 
 def _actions(steps: int, n: int, dim: int, seed: int) -> np.ndarray:
