@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in families:
         TASK_FAMILIES.get(name)  # unknown names fail here, with the registered choices
     batch_threads = [int(t) for t in args.batch_threads.split(",") if t.strip()]
+    load_at_start = os.getloadavg()
     print(f"{'family':<18}{'N x H':>12}{'plain steps/s':>14}  sampler steps/s (ratio to plain, paired ratios "
           "median [min, max])")
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "sampler", "argv": sys.argv[1:], "repeats": args.repeats,
         "torch_threads": args.threads, "batch_threads": batch_threads, "cpu_count": os.cpu_count(),
-        "load_avg": os.getloadavg(),
+        "load_avg_start": load_at_start, "load_avg": os.getloadavg(),
         "platform": platform.platform(), "versions": package_versions(), "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

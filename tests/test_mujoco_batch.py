@@ -140,3 +140,11 @@ def test_client_config_chooses_the_backend(backend, threads, kind):
         assert isinstance(worker.venv, kind)
         if kind is MujocoBatchVectorEnv:
             assert worker.venv.batch.nthread == threads
+
+
+def test_one_batch_needs_one_layout():
+    """Tasks may differ within a batch, observation layouts may not (20-D vs 17-D HalfCheetah)."""
+    fam = TASK_FAMILIES.get("half-cheetah-vel")
+    specs = [_specs("half-cheetah-vel", "gymnasium", 1)[0], _specs("half-cheetah-vel", "pearl", 1)[0]]
+    with pytest.raises(ValueError, match="must share model sizes"):
+        make_batch_vector_env(fam, specs, horizon=10)

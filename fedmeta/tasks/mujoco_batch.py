@@ -112,6 +112,21 @@ class BatchKernel(ABC):
         """(reward, terminated) after a step from ``x_before`` with the (clipped) ``action``."""
 
 
+def _check_one_layout(envs: Sequence[MujocoEnv]) -> None:
+    """Simulations of one batch may differ in task parameters and physics, not in what is shared:
+    the model's sizes, frame skip, reset noise, observation and action spaces."""
+    def shared(env: MujocoEnv) -> tuple[Any, ...]:
+        m = env.model
+        return (m.nq, m.nv, m.nu, m.nbody, env.frame_skip, env._reset_noise_scale, env.observation_space.shape,
+                env.action_space, type(env))
+
+    first = shared(envs[0])
+    for env in envs[1:]:
+        if shared(env) != first:
+            raise ValueError(f"envs of one batch must share model sizes, frame skip, reset noise and spaces; "
+                             f"{shared(env)} != {first}")
+
+
 class MujocoBatchVectorEnv(gym.vector.VectorEnv):
     """``len(envs)`` simulations stepped together on a ``mujoco.batch.Batch`` with ``threads`` threads.
 
@@ -128,6 +143,7 @@ class MujocoBatchVectorEnv(gym.vector.VectorEnv):
         self.metadata = {"autoreset_mode": autoreset_mode}
         self._idle_when_done = autoreset_mode == gym.vector.AutoresetMode.DISABLED
         self._refs = list(dict.fromkeys(envs))  # distinct reference envs, closed with this env
+        _check_one_layout(self._refs)
         env = envs[0]
         self.num_envs, self.horizon = len(envs), horizon
         self.kernel = kernel_class(envs)
