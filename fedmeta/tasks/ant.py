@@ -26,6 +26,10 @@ Observations: 105 = v5 (qpos[2:], qvel, clipped cfrc_ext without the world body)
 qvel, clipped cfrc_ext of all bodies, torso xmat, torso position).  Not implemented: PEARL's
 ``ant-dir`` (random angles, custom XML with 27-D observations) and the rllab model of the
 MAML paper (dt 0.02, COM velocity); pMeta-RL's Ant-Fwd-Back is ``ant-dir``.
+
+The env classes are the reference definition; ``AntDirKernel``/``AntVelKernel`` compute the same
+observations and rewards for a ``mujoco.batch`` of simulations (:mod:`fedmeta.tasks.mujoco_batch`,
+the sampler's default backend; equality is tested).
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ Observation: qpos[1:] and qvel (17-D); the 20-D layouts append the torso positio
 ``get_body_com("torso")`` (MAML lineage).  Not reproduced: PEARL's fixed set of 130 velocity
 tasks drawn under the global seed 1337 (we draw v* from the per-task generator instead),
 and the rllab/MAML-paper model (dt 0.01, COM velocity), which needs the rllab XML.
+
+The env classes are the reference definition; ``HalfCheetahDirKernel``/``HalfCheetahVelKernel``
+compute the same observations and rewards for a ``mujoco.batch`` of simulations
+(:mod:`fedmeta.tasks.mujoco_batch`, the sampler's default backend; equality is tested).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ ctrl 1e-4, frame_skip 4, H 200); ``promp`` only records the lineage.  ``task.sig
 the goal; the flag is recorded in the spec params as ``sign-bug``.  Which variant produced
 SG-MRL's Table 2 is unknown.  Not implemented: rllab's ``swimmer_randgoal_env`` (COM
 velocity, −1.5|·| weight, dt 0.05), which the v5 model cannot reproduce faithfully.
+
+The env class is the reference definition; ``SwimmerVelKernel`` computes the same observations and
+rewards for a ``mujoco.batch`` of simulations (:mod:`fedmeta.tasks.mujoco_batch`; tested).
 """
 
 from __future__ import annotations

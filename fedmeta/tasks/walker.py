@@ -18,6 +18,10 @@ Reward: reward_forward = Δx/dt, reward_survive = 1.0, reward_ctrl = −1e-3‖a
 terminates unless 0.8 < z < 2.0 and −1 < angle < 1.  ``task.compat``: ``gymnasium`` (v5: the
 survive bonus only while healthy, i.e. 0 on the terminating step) or ``pearl``
 (rand_param_envs: the bonus on every step, the terminating one included).  H 200 for both.
+
+The env class is the reference definition; ``WalkerParamsKernel`` computes the same observations
+and rewards for a ``mujoco.batch`` of simulations, the randomized arrays as per-simulation model
+fields, so one batch can hold different tasks (:mod:`fedmeta.tasks.mujoco_batch`; tested).
 """
 
 from __future__ import annotations
