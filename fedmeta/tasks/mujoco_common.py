@@ -31,8 +31,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec
 from fedmeta.config import MUJOCO_BACKENDS
+from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec
 from fedmeta.tasks.mujoco_batch import DEFAULT_BACKEND, BatchKernel, make_batch_vector_env
 
 # ------------------------------------------------------------------ quiet compilation
