@@ -35,6 +35,8 @@ MAX_SEED = 2**32 - 1
 MAX_CPUS = 1024  # threads, sampler workers, simulation CPUs
 MAX_SECONDS = 1_000_000.0  # timeouts (about 11.6 days)
 MAX_WIDTH, MAX_LAYERS = 4096, 16  # policy.hidden-sizes
+#: client.mujoco-backend: mujoco.batch (fedmeta.tasks.mujoco_batch) or the reference gymnasium envs
+MUJOCO_BACKENDS = ("batch", "gymnasium")
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -149,13 +151,19 @@ class ClientConfig:
     """Where and how a client computes."""
 
     device: str = field(default="auto", metadata=_doc("auto | cpu | cuda | cuda:N (node-config 'device' wins)"))
-    num_threads: int = field(default=1, metadata=_doc("torch CPU threads per client"))
+    num_threads: int = field(default=1, metadata=_doc("CPU threads per client: torch's, and the MuJoCo batch's "
+                                                      "(client.mujoco-backend='batch')"))
     state_dir: str = field(default="", metadata=_doc("directory where each training client also keeps theta_i and its "
                                                      "optimizer state (run-<flower run id>/task-<i>.npz); "
                                                      "'' = <run-dir>/clients under fedmeta run, memory only under "
                                                      "flwr run"))
     sampler_workers: int = field(
-        default=0, metadata=_doc("worker processes per client, each owning a group of envs (0 = in-process)")
+        default=0, metadata=_doc("worker processes per client, each owning a group of envs (0 = in-process; "
+                                 "> 0 steps MuJoCo families' reference envs in them)")
+    )
+    mujoco_backend: str = field(
+        default="batch", metadata=_doc("batch | gymnasium: MuJoCo families step on mujoco.batch with numpy rewards, "
+                                       "or their reference gymnasium envs one by one")
     )
 
 
@@ -396,6 +404,7 @@ class ExperimentConfig:
         _in_range("client.num-threads", self.client.num_threads, 1, MAX_CPUS)
         _path("client.state-dir", self.client.state_dir, empty_ok=True)
         _in_range("client.sampler-workers", self.client.sampler_workers, 0, MAX_CPUS)
+        _choice("client.mujoco-backend", self.client.mujoco_backend, list(MUJOCO_BACKENDS))
 
     def _validate_simulation(self) -> None:
         sim = self.simulation

@@ -99,8 +99,9 @@ class TaskWorker:
         """The task's vector env, built on first use (a query never starts sampler workers)."""
         if self._venv is None:
             num_envs = max(self.cfg.solver.episodes_per_step, self.cfg.eval.episodes)
-            self._venv = maybe_random_actions(
-                self.family.make_vector_env(self.spec, num_envs, self.cfg.client.sampler_workers))
+            client = self.cfg.client
+            self._venv = maybe_random_actions(self.family.make_vector_env(
+                self.spec, num_envs, client.sampler_workers, backend=client.mujoco_backend, threads=client.num_threads))
         return self._venv
 
     def close(self) -> None:

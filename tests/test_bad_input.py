@@ -175,7 +175,7 @@ def _generated() -> list[pytest.param]:
     empty names; capped integers get absurd sizes and values below their minimum."""
     names = ["algorithm", "task.family", "policy.activation", "solver.name", "solver.optimizer", "solver.baseline",
              "prox.init", "fed.strategy", "fed.server-optimizer", "fed.aggregator", "fed.weighting", "client.device",
-             "faults.kind"]
+             "client.mujoco-backend", "faults.kind"]
     capped = ["num-server-rounds", "seed", "task.seed", "task.num-clients", "task.num-test-tasks", "task.horizon",
               "solver.episodes-per-step", "prox.inner-steps", "prox.local-rounds", "maml.inner-steps", "fed.clients-per-round",
               "fed.min-replies", "fed.norm-window", "eval.every", "eval.episodes", "eval.adapt-steps",

@@ -26,10 +26,15 @@ Observations: 105 = v5 (qpos[2:], qvel, clipped cfrc_ext without the world body)
 qvel, clipped cfrc_ext of all bodies, torso xmat, torso position).  Not implemented: PEARL's
 ``ant-dir`` (random angles, custom XML with 27-D observations) and the rllab model of the
 MAML paper (dt 0.02, COM velocity); pMeta-RL's Ant-Fwd-Back is ``ant-dir``.
+
+The env classes are the reference definition; ``AntDirKernel``/``AntVelKernel`` compute the same
+observations and rewards for a ``mujoco.batch`` of simulations (:mod:`fedmeta.tasks.mujoco_batch`,
+the sampler's default backend; equality is tested).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +43,7 @@ from gymnasium.spaces import Box
 from gymnasium.utils import EzPickle
 
 from fedmeta.tasks.base import TaskSpec, register_family, register_gym_env
+from fedmeta.tasks.mujoco_batch import BatchKernel, Index, SimArrays
 from fedmeta.tasks.mujoco_common import DirectionTasks, VelocityTasks, quiet_mujoco
 
 OBS_LAYOUTS = ("gymnasium", "promp", "maml")
@@ -98,6 +104,90 @@ class AntVelEnv(_AntTaskEnv):
         return forward + survive - ctrl - contact, info
 
 
+# ------------------------------------------------------------------ batched (mujoco_batch)
+class _AntKernel(BatchKernel):
+    """Ant observations, health and cost terms batched (x velocity from the torso's ``xpos``)."""
+
+    contact_forces = True
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        super().__init__(envs)
+        env = envs[0]
+        self.layout = str(env.obs_layout)
+        self.outputs = ("xpos", "xmat") if self.layout == "maml" else ("xpos",)
+        self.main = int(env.model.body(env._main_body).id)
+        self.torso = int(env.model.body("torso").id)
+        self.contact_cost_weight = self.per_sim(envs, "_contact_cost_weight")
+        self.healthy_reward = self.per_sim(envs, "_healthy_reward")
+        self.survive_always = np.array([bool(e.survive_always) for e in envs])
+        self.terminate = np.array([bool(e._terminate_when_unhealthy) for e in envs])
+        self.z_range = np.array([e._healthy_z_range for e in envs], dtype=np.float64)
+        self.force_range = tuple(env._contact_force_range)
+
+    def position(self, sim: SimArrays, ids: Index) -> np.ndarray:
+        assert sim.xpos is not None
+        return sim.xpos[ids, self.main, 0].copy()
+
+    def _contact_forces(self, sim: SimArrays, ids: Index) -> np.ndarray:
+        assert sim.cfrc_ext is not None
+        return np.clip(sim.cfrc_ext[ids], *self.force_range)
+
+    def observe(self, sim: SimArrays, ids: Index) -> np.ndarray:
+        n = len(sim.qpos[ids])
+        forces = self._contact_forces(sim, ids)
+        if self.layout == "gymnasium":
+            return np.concatenate([sim.qpos[ids, 2:], sim.qvel[ids], forces[:, 1:].reshape(n, -1)], axis=1)
+        if self.layout == "promp":
+            return np.concatenate([sim.qpos[ids, 2:], sim.qvel[ids], forces.reshape(n, -1)], axis=1)
+        assert sim.xpos is not None and sim.xmat is not None
+        return np.concatenate([sim.qpos[ids], sim.qvel[ids], forces.reshape(n, -1), sim.xmat[ids, self.torso],
+                               sim.xpos[ids, self.torso]], axis=1)
+
+    def healthy(self, sim: SimArrays, ids: Index) -> np.ndarray:
+        """``isfinite(qpos, qvel) and z_min <= z <= z_max``, as ``AntEnv.is_healthy``."""
+        finite = np.isfinite(sim.qpos[ids]).all(axis=1) & np.isfinite(sim.qvel[ids]).all(axis=1)
+        z, (lo, hi) = sim.qpos[ids, 2], self.z_range[ids].T
+        return finite & (lo <= z) & (z <= hi)
+
+    def terms(self, sim: SimArrays, ids: Index, x_before: np.ndarray, action: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x velocity, survive reward, control cost, contact cost, terminated)."""
+        x_velocity = (self.position(sim, ids) - x_before) / self.dt
+        healthy = self.healthy(sim, ids)
+        survive = np.where(self.survive_always[ids], self.healthy_reward[ids], healthy * self.healthy_reward[ids])
+        forces = self._contact_forces(sim, ids)
+        contact = self.contact_cost_weight[ids] * np.sum(np.square(forces), axis=(1, 2))
+        return x_velocity, survive, self.ctrl_cost(ids, action), contact, ~healthy & self.terminate[ids]
+
+
+class AntDirKernel(_AntKernel):
+    """:class:`AntDirEnv`'s reward batched: (d·x_vel + survive) − (ctrl + contact)."""
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        super().__init__(envs)
+        self.weight = self.per_sim(envs, "_forward_reward_weight")
+
+    def reward(self, sim: SimArrays, ids: Index, x_before: np.ndarray, action: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        x_velocity, survive, ctrl, contact, terminated = self.terms(sim, ids, x_before, action)
+        return (x_velocity * self.weight[ids] + survive) - (ctrl + contact), terminated
+
+
+class AntVelKernel(_AntKernel):
+    """:class:`AntVelEnv`'s reward batched: −|x_vel − v*| + b + survive − ctrl − contact."""
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        super().__init__(envs)
+        self.goal = self.per_sim(envs, "goal_velocity")
+        self.offset = self.per_sim(envs, "forward_reward_offset")
+
+    def reward(self, sim: SimArrays, ids: Index, x_before: np.ndarray, action: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        x_velocity, survive, ctrl, contact, terminated = self.terms(sim, ids, x_before, action)
+        forward = -np.abs(x_velocity - self.goal[ids]) + self.offset[ids]
+        return forward + survive - ctrl - contact, terminated
+
+
 def _lineage_kwargs(spec: TaskSpec) -> dict[str, Any]:
     p = spec.params
     return {"ctrl_cost_weight": float(p["ctrl-cost-weight"]), "contact_cost_weight": float(p["contact-cost-weight"]),
@@ -110,6 +200,7 @@ class AntDir(DirectionTasks):
 
     name = "ant-dir"
     env_class = AntDirEnv
+    kernel_class = AntDirKernel
 
     def env_kwargs(self, spec: TaskSpec) -> dict[str, Any]:
         return {"direction": float(spec.params["direction"]), **_lineage_kwargs(spec)}
@@ -120,6 +211,7 @@ class AntVel(VelocityTasks):
 
     name = "ant-vel"
     env_class = AntVelEnv
+    kernel_class = AntVelKernel
 
     def env_kwargs(self, spec: TaskSpec) -> dict[str, Any]:
         return {"goal_velocity": float(spec.params["goal-velocity"]),

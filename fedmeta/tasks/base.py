@@ -111,11 +111,14 @@ class TaskFamily(ABC):
         """A single gymnasium env for ``spec`` with ``TimeLimit(spec.horizon)`` applied."""
         return gym.wrappers.TimeLimit(self.make_task_env(spec), max_episode_steps=spec.horizon)
 
-    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0) -> gym.vector.VectorEnv:
+    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0, *,
+                        backend: str = "batch", threads: int = 1) -> gym.vector.VectorEnv:
         """``num_envs`` copies of the task stepped in lock-step, in this process or, with
         ``workers`` > 0, in that many worker processes that each own a group of envs; an env
         whose episode ended idles until the next ``reset`` (see :mod:`fedmeta.tasks.lockstep`).
-        Cheap tabular/analytic families override this with a batched numpy env."""
+        Cheap tabular/analytic families override this with a batched numpy env; the MuJoCo
+        families with a ``mujoco.batch`` env (``backend``, ``threads``: ``client.mujoco-backend``,
+        ``client.num-threads``; other families ignore them)."""
         from fedmeta.tasks.lockstep import LockstepVectorEnv, ProcessVectorEnv
 
         idle = gym.vector.AutoresetMode.DISABLED  # finished envs idle until the sampler's next pass

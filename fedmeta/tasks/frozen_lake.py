@@ -129,7 +129,8 @@ class FrozenLakeHoles(TaskFamily):
     def make_task_env(self, spec: TaskSpec) -> gym.Env:
         return FrozenLakeHolesEnv(desc=list(spec.params["desc"]))
 
-    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0) -> gym.vector.VectorEnv:
+    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0, *,
+                        backend: str = "batch", threads: int = 1) -> gym.vector.VectorEnv:
         """Batched numpy env over :func:`lake_mdp` (cheaper than any worker process, so
         ``workers`` is ignored)."""
         mdp = lake_mdp(spec.params["desc"])

@@ -118,7 +118,8 @@ class GridNav(TaskFamily):
     def make_task_env(self, spec: TaskSpec) -> gym.Env:
         return GridNavEnv(goal=tuple(spec.params["goal"]), size=int(spec_option(spec, "size", 11)))
 
-    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0) -> gym.vector.VectorEnv:
+    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0, *,
+                        backend: str = "batch", threads: int = 1) -> gym.vector.VectorEnv:
         """Batched numpy env (cheaper than any worker process, so ``workers`` is ignored)."""
         return GridNavVectorEnv(tuple(spec.params["goal"]), int(spec_option(spec, "size", 11)), spec.horizon, num_envs)
 

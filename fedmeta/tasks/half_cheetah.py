@@ -23,10 +23,15 @@ Observation: qpos[1:] and qvel (17-D); the 20-D layouts append the torso positio
 ``get_body_com("torso")`` (MAML lineage).  Not reproduced: PEARL's fixed set of 130 velocity
 tasks drawn under the global seed 1337 (we draw v* from the per-task generator instead),
 and the rllab/MAML-paper model (dt 0.01, COM velocity), which needs the rllab XML.
+
+The env classes are the reference definition; ``HalfCheetahDirKernel``/``HalfCheetahVelKernel``
+compute the same observations and rewards for a ``mujoco.batch`` of simulations
+(:mod:`fedmeta.tasks.mujoco_batch`, the sampler's default backend; equality is tested).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +40,7 @@ from gymnasium.spaces import Box
 from gymnasium.utils import EzPickle
 
 from fedmeta.tasks.base import TaskSpec, register_family, register_gym_env
+from fedmeta.tasks.mujoco_batch import BatchKernel, Index, SimArrays
 from fedmeta.tasks.mujoco_common import DirectionTasks, VelocityTasks, quiet_mujoco
 
 
@@ -84,6 +90,52 @@ class HalfCheetahVelEnv(_CheetahTaskEnv):
         return forward - ctrl, {"reward_forward": forward, "reward_ctrl": -ctrl}
 
 
+# ------------------------------------------------------------------ batched (mujoco_batch)
+class _CheetahKernel(BatchKernel):
+    """HalfCheetah observations batched: qpos[1:], qvel [, torso position]."""
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        super().__init__(envs)
+        self.torso_com = bool(envs[0].torso_com_in_observation)
+        self.outputs = ("xpos",) if self.torso_com else ()
+        self.torso = int(envs[0].model.body("torso").id)
+
+    def observe(self, sim: SimArrays, ids: Index) -> np.ndarray:
+        parts = [sim.qpos[ids, 1:], sim.qvel[ids]]
+        if self.torso_com:
+            assert sim.xpos is not None
+            parts.append(sim.xpos[ids, self.torso])
+        return np.concatenate(parts, axis=1)
+
+
+class HalfCheetahDirKernel(_CheetahKernel):
+    """:class:`HalfCheetahDirEnv`'s reward batched: d·x_vel − c‖a‖²."""
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        super().__init__(envs)
+        self.weight = self.per_sim(envs, "_forward_reward_weight")
+
+    def reward(self, sim: SimArrays, ids: Index, x_before: np.ndarray, action: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        x_velocity = (sim.qpos[ids, 0] - x_before) / self.dt
+        forward = self.weight[ids] * x_velocity
+        return forward - self.ctrl_cost(ids, action), np.zeros(len(x_before), dtype=bool)
+
+
+class HalfCheetahVelKernel(_CheetahKernel):
+    """:class:`HalfCheetahVelEnv`'s reward batched: −|x_vel − v*| − c‖a‖²."""
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        super().__init__(envs)
+        self.goal = self.per_sim(envs, "goal_velocity")
+
+    def reward(self, sim: SimArrays, ids: Index, x_before: np.ndarray, action: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        x_velocity = (sim.qpos[ids, 0] - x_before) / self.dt
+        forward = -np.abs(x_velocity - self.goal[ids])
+        return forward - self.ctrl_cost(ids, action), np.zeros(len(x_before), dtype=bool)
+
+
 def _cheetah_kwargs(spec: TaskSpec) -> dict[str, Any]:
     p = spec.params
     return {"ctrl_cost_weight": float(p["ctrl-cost-weight"]),
@@ -95,6 +147,7 @@ class HalfCheetahDir(DirectionTasks):
 
     name = "half-cheetah-dir"
     env_class = HalfCheetahDirEnv
+    kernel_class = HalfCheetahDirKernel
 
     def env_kwargs(self, spec: TaskSpec) -> dict[str, Any]:
         return {"direction": float(spec.params["direction"]), **_cheetah_kwargs(spec)}
@@ -105,6 +158,7 @@ class HalfCheetahVel(VelocityTasks):
 
     name = "half-cheetah-vel"
     env_class = HalfCheetahVelEnv
+    kernel_class = HalfCheetahVelKernel
 
     def env_kwargs(self, spec: TaskSpec) -> dict[str, Any]:
         return {"goal_velocity": float(spec.params["goal-velocity"]), **_cheetah_kwargs(spec)}

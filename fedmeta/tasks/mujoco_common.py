@@ -31,7 +31,9 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from fedmeta.config import MUJOCO_BACKENDS
 from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec
+from fedmeta.tasks.mujoco_batch import DEFAULT_BACKEND, BatchKernel, make_batch_vector_env
 
 # ------------------------------------------------------------------ quiet compilation
 #: Substrings of MuJoCo warnings that are known, harmless and dropped during construction.
@@ -154,6 +156,7 @@ class MujocoTaskFamily(TaskFamily):
     default_horizon = 200
     options: ClassVar[Mapping[str, Scalar]] = {"compat": DEFAULT_COMPAT}
     env_class: ClassVar[type[gym.Env]]
+    kernel_class: ClassVar[type[BatchKernel]]  # the env's observations and rewards batched (mujoco_batch)
 
     def validate_options(self, options: Mapping[str, Scalar]) -> None:
         super().validate_options(options)
@@ -176,6 +179,19 @@ class MujocoTaskFamily(TaskFamily):
 
     def make_task_env(self, spec: TaskSpec) -> gym.Env:
         return self.env_class(**self.env_kwargs(spec))
+
+    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0, *,
+                        backend: str = DEFAULT_BACKEND, threads: int = 1) -> gym.vector.VectorEnv:
+        """``num_envs`` copies of the task: with ``backend="batch"`` (default) one
+        :class:`~fedmeta.tasks.mujoco_batch.MujocoBatchVectorEnv` on ``threads`` threads; with
+        ``"gymnasium"``, or with ``workers`` > 0 (worker processes), the reference envs stepped
+        one by one (:class:`~fedmeta.tasks.lockstep.LockstepVectorEnv`).  Finished envs idle."""
+        if backend not in MUJOCO_BACKENDS:
+            raise ValueError(f"backend={backend!r} is invalid; choose from {', '.join(MUJOCO_BACKENDS)}")
+        if backend == "gymnasium" or workers > 0:
+            return super().make_vector_env(spec, num_envs, workers, backend=backend, threads=threads)
+        idle = gym.vector.AutoresetMode.DISABLED  # finished envs idle until the sampler's next pass
+        return make_batch_vector_env(self, [spec] * num_envs, spec.horizon, threads, idle)
 
 
 class DirectionTasks(MujocoTaskFamily):

@@ -115,7 +115,8 @@ class PointNav(TaskFamily):
     def make_task_env(self, spec: TaskSpec) -> gym.Env:
         return PointNavEnv(**self._kwargs(spec))
 
-    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0) -> gym.vector.VectorEnv:
+    def make_vector_env(self, spec: TaskSpec, num_envs: int, workers: int = 0, *,
+                        backend: str = "batch", threads: int = 1) -> gym.vector.VectorEnv:
         """Batched numpy env (cheaper than any worker process, so ``workers`` is ignored)."""
         return PointNavVectorEnv(**self._kwargs(spec), horizon=spec.horizon, num_envs=num_envs)
 

@@ -14,11 +14,14 @@ ctrl 1e-4, frame_skip 4, H 200); ``promp`` only records the lineage.  ``task.sig
 the goal; the flag is recorded in the spec params as ``sign-bug``.  Which variant produced
 SG-MRL's Table 2 is unknown.  Not implemented: rllab's ``swimmer_randgoal_env`` (COM
 velocity, −1.5|·| weight, dt 0.05), which the v5 model cannot reproduce faithfully.
+
+The env class is the reference definition; ``SwimmerVelKernel`` computes the same observations and
+rewards for a ``mujoco.batch`` of simulations (:mod:`fedmeta.tasks.mujoco_batch`; tested).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +29,7 @@ from gymnasium.envs.mujoco.swimmer_v5 import SwimmerEnv
 from gymnasium.utils import EzPickle
 
 from fedmeta.tasks.base import Scalar, TaskSpec, register_family, register_gym_env
+from fedmeta.tasks.mujoco_batch import BatchKernel, Index, SimArrays
 from fedmeta.tasks.mujoco_common import DEFAULT_COMPAT, VelocityTasks, quiet_mujoco
 
 
@@ -48,11 +52,32 @@ class SwimmerVelEnv(SwimmerEnv):
         return forward - ctrl, {"reward_forward": forward, "reward_ctrl": -ctrl}
 
 
+class SwimmerVelKernel(BatchKernel):
+    """:class:`SwimmerVelEnv` batched: observation qpos[2:], qvel; reward ∓|x_vel − v*| − c‖a‖²."""
+
+    qvel_noise = "uniform"
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        super().__init__(envs)
+        self.goal = self.per_sim(envs, "goal_velocity")
+        self.sign = np.where([bool(env.sign_bug) for env in envs], 1.0, -1.0)
+
+    def observe(self, sim: SimArrays, ids: Index) -> np.ndarray:
+        return np.concatenate([sim.qpos[ids, 2:], sim.qvel[ids]], axis=1)
+
+    def reward(self, sim: SimArrays, ids: Index, x_before: np.ndarray, action: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        x_velocity = (sim.qpos[ids, 0] - x_before) / self.dt
+        forward = self.sign[ids] * np.abs(x_velocity - self.goal[ids])
+        return forward - self.ctrl_cost(ids, action), np.zeros(len(x_before), dtype=bool)
+
+
 class SwimmerVel(VelocityTasks):
     """Swimmer goal velocity (module docstring has the definition)."""
 
     name = "swimmer-vel"
     env_class = SwimmerVelEnv
+    kernel_class = SwimmerVelKernel
     options: ClassVar[Mapping[str, Scalar]] = {"compat": DEFAULT_COMPAT, "sign-bug": False}
 
     def validate_options(self, options: Mapping[str, Scalar]) -> None:

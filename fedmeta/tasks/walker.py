@@ -18,6 +18,10 @@ Reward: reward_forward = Δx/dt, reward_survive = 1.0, reward_ctrl = −1e-3‖a
 terminates unless 0.8 < z < 2.0 and −1 < angle < 1.  ``task.compat``: ``gymnasium`` (v5: the
 survive bonus only while healthy, i.e. 0 on the terminating step) or ``pearl``
 (rand_param_envs: the bonus on every step, the terminating one included).  H 200 for both.
+
+The env class is the reference definition; ``WalkerParamsKernel`` computes the same observations
+and rewards for a ``mujoco.batch`` of simulations, the randomized arrays as per-simulation model
+fields, so one batch can hold different tasks (:mod:`fedmeta.tasks.mujoco_batch`; tested).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
 from gymnasium.utils import EzPickle
 
 from fedmeta.tasks.base import TaskSpec, register_family, register_gym_env
+from fedmeta.tasks.mujoco_batch import BatchKernel, Index, SimArrays
 from fedmeta.tasks.mujoco_common import MujocoTaskFamily, quiet_mujoco
 
 #: model array -> base of the log-scale multiplier (rand_param_envs)
@@ -88,11 +93,41 @@ class WalkerParamsEnv(Walker2dEnv):
         return self._healthy_reward if self.survive_always else float(self.is_healthy) * self._healthy_reward
 
 
+class WalkerParamsKernel(BatchKernel):
+    """:class:`WalkerParamsEnv` batched; the randomized arrays are per-simulation model fields."""
+
+    model_fields = tuple(RANDOMIZED)
+    qvel_noise = "uniform"
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        super().__init__(envs)
+        self.weight = self.per_sim(envs, "_forward_reward_weight")
+        self.healthy_reward = self.per_sim(envs, "_healthy_reward")
+        self.survive_always = np.array([bool(e.survive_always) for e in envs])
+        self.terminate = np.array([bool(e._terminate_when_unhealthy) for e in envs])
+        self.z_range = np.array([e._healthy_z_range for e in envs], dtype=np.float64)
+        self.angle_range = np.array([e._healthy_angle_range for e in envs], dtype=np.float64)
+
+    def observe(self, sim: SimArrays, ids: Index) -> np.ndarray:
+        return np.concatenate([sim.qpos[ids, 1:], np.clip(sim.qvel[ids], -10, 10)], axis=1)
+
+    def reward(self, sim: SimArrays, ids: Index, x_before: np.ndarray, action: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        qpos = sim.qpos[ids]
+        x_velocity = (qpos[:, 0] - x_before) / self.dt
+        (z_lo, z_hi), (a_lo, a_hi) = self.z_range[ids].T, self.angle_range[ids].T
+        healthy = (z_lo < qpos[:, 1]) & (qpos[:, 1] < z_hi) & (a_lo < qpos[:, 2]) & (qpos[:, 2] < a_hi)
+        survive = np.where(self.survive_always[ids], self.healthy_reward[ids], healthy * self.healthy_reward[ids])
+        rewards = self.weight[ids] * x_velocity + survive
+        return rewards - self.ctrl_cost(ids, action), ~healthy & self.terminate[ids]
+
+
 class WalkerParams(MujocoTaskFamily):
     """Walker2D with randomized dynamics (module docstring has the definition)."""
 
     name = "walker-params"
     env_class = WalkerParamsEnv
+    kernel_class = WalkerParamsKernel
 
     def sample_tasks(self, n: int, rng: np.random.Generator, consts: Any) -> list[dict[str, Any]]:
         limit = float(consts["log-scale-limit"])
