@@ -13,7 +13,7 @@ import torch
 from helpers import new_descendants
 
 from fedmeta import procs
-from fedmeta.results import read_jsonl
+from fedmeta.results import client_state_path, read_jsonl
 
 
 @pytest.mark.slow
@@ -42,5 +42,6 @@ def test_sgmrl_and_maml_train_on_gradient_uploads_and_run_the_meta_test(tmp_path
         init = torch.load(run_dir / "meta_policy_init.pt")["state_dict"]
         final = torch.load(run_dir / "meta_policy.pt")["state_dict"]
         assert not all(torch.equal(init[k], final[k]) for k in init)
-        assert (run_dir / "clients" / "task-0.npz").exists() or (run_dir / "clients" / "task-1.npz").exists()
+        run_id = json.loads((run_dir / "config.json").read_text())["run-id"]
+        assert any(client_state_path(run_dir / "clients", run_id, task).exists() for task in (0, 1))
     assert new_descendants(before) == []
