@@ -136,6 +136,12 @@ def test_secure_superlink_and_supernodes_on_loopback(tmp_path, root):
         assert {r["task-id"] for r in rows if r["phase"] == "train"} <= {0, 1, 2}  # the test node never trains
         assert [r["task-id"] for r in rows if r["phase"] == "meta-test"] == [3, 3]
         assert len(summary["meta-test"]["adapt-return"]) == 2 and summary["meta-test-init"]["num-tasks"] == 1
+        # the deployment's results directory plots as a simulation's does
+        plotted = subprocess.run([sys.executable, "-m", "fedmeta", "plot", str(run_dir)], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=120)
+        assert plotted.returncode == 0, plotted.stderr
+        for name in ("returns.png", "adaptation.png"):  # point-nav: no grid trajectories; a meta-test curve
+            assert f"fedmeta: wrote {run_dir / name}" in plotted.stdout and (run_dir / name).stat().st_size > 1000
     finally:
         pids = [p.pid for p in started]
         for pid in pids:  # the processes we started, then everything they spawned
