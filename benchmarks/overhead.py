@@ -30,7 +30,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from fedmeta.results import atomic_write_json, package_versions  # noqa: E402
+
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
 
 
 def run_fedmeta(preset: str, overrides: str, out: Path) -> tuple[float, Path, dict[str, float]]:
@@ -127,8 +130,7 @@ def main() -> None:
         print(f"poll {poll}: wall/compute median {ratios[len(ratios) // 2]:.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f}); "
               f"rounds phase/compute median {rounds[len(rounds) // 2]:.2f}")
     out_file = ROOT / "results" / "overhead.json"
-    out_file.parent.mkdir(exist_ok=True)
-    out_file.write_text(json.dumps({"preset": args.preset, "run-config": args.run_config, "rows": rows}, indent=1))
+    atomic_write_json(out_file, {"preset": args.preset, "run-config": args.run_config, "rows": rows, "versions": package_versions()})
     print(f"wrote {out_file}")
 
 

@@ -24,7 +24,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from fedmeta.results import atomic_write_json, package_versions  # noqa: E402
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
 
 
 def tree_rss(pid: int) -> int:
@@ -103,8 +107,7 @@ def main() -> None:
         print(f"memory per extra client: {per_client * 1024:.1f} KiB "
               f"(peak at N={last['clients']} minus peak at N={first['clients']}, divided by the difference)")
     out_file = ROOT / "results" / "scale.json"
-    out_file.parent.mkdir(exist_ok=True)
-    out_file.write_text(json.dumps({"rounds": args.rounds, "per-round": args.per_round, "rows": results}, indent=1))
+    atomic_write_json(out_file, {"rounds": args.rounds, "per-round": args.per_round, "rows": results, "versions": package_versions()})
     print(f"wrote {out_file}")
 
 

@@ -40,6 +40,14 @@ def _final_info(obs: np.ndarray, done: np.ndarray) -> dict[str, Any]:
     return {"final_obs": obs, "_final_obs": done} if done.any() else {}
 
 
+def autoreset_settings(mode: gym.vector.AutoresetMode) -> tuple[dict[str, object], bool]:
+    """A lock-step vector env's ``metadata`` and whether a finished env idles until the next reset
+    (``DISABLED``); ``SAME_STEP`` resets it in the step that ended it; other modes are refused."""
+    if mode not in (gym.vector.AutoresetMode.SAME_STEP, gym.vector.AutoresetMode.DISABLED):
+        raise ValueError(f"autoreset_mode {mode} is not supported; valid: SAME_STEP, DISABLED")
+    return {"autoreset_mode": mode}, mode == gym.vector.AutoresetMode.DISABLED
+
+
 class LockstepVectorEnv(gym.vector.VectorEnv):
     """``len(envs)`` envs of one task stepped in lock-step in this process."""
 
@@ -47,10 +55,7 @@ class LockstepVectorEnv(gym.vector.VectorEnv):
                  autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.SAME_STEP) -> None:
         if not envs:
             raise ValueError("LockstepVectorEnv needs at least one env")
-        if autoreset_mode not in (gym.vector.AutoresetMode.SAME_STEP, gym.vector.AutoresetMode.DISABLED):
-            raise ValueError(f"autoreset_mode {autoreset_mode} is not supported; valid: SAME_STEP, DISABLED")
-        self.metadata = {"autoreset_mode": autoreset_mode}
-        self._idle_when_done = autoreset_mode == gym.vector.AutoresetMode.DISABLED
+        self.metadata, self._idle_when_done = autoreset_settings(autoreset_mode)
         self.envs = envs
         self._steps = [env.step for env in envs]
         self.num_envs = len(envs)

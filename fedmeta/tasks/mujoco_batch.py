@@ -41,6 +41,7 @@ import numpy as np
 from mujoco.batch import Batch
 
 from fedmeta.config import MUJOCO_BACKENDS
+from fedmeta.tasks.lockstep import autoreset_settings
 
 if TYPE_CHECKING:
     from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
@@ -138,10 +139,7 @@ class MujocoBatchVectorEnv(gym.vector.VectorEnv):
                  autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.SAME_STEP) -> None:
         if not envs:
             raise ValueError("MujocoBatchVectorEnv needs at least one env")
-        if autoreset_mode not in (gym.vector.AutoresetMode.SAME_STEP, gym.vector.AutoresetMode.DISABLED):
-            raise ValueError(f"autoreset_mode {autoreset_mode} is not supported; valid: SAME_STEP, DISABLED")
-        self.metadata = {"autoreset_mode": autoreset_mode}
-        self._idle_when_done = autoreset_mode == gym.vector.AutoresetMode.DISABLED
+        self.metadata, self._idle_when_done = autoreset_settings(autoreset_mode)
         self._refs = list(dict.fromkeys(envs))  # distinct reference envs, closed with this env
         _check_one_layout(self._refs)
         env = envs[0]
