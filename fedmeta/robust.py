@@ -11,7 +11,10 @@ Two server-side guards that need no tuning to the task's scale:
   than half of the norms are an attacker's, including a lone attacker in a round of two.
 * :class:`Quarantine`: a client rejected (invalid, failed or timed out) in
   ``fed.quarantine-after`` consecutive rounds in which it was sampled is not sampled for
-  the next ``fed.quarantine-rounds`` rounds.
+  the next ``fed.quarantine-rounds`` rounds.  Back from quarantine it is **on probation** for the
+  rest of the run: one rejection sends it back, for twice as long as the time before, and the
+  direction check holds it to ``fed.probation-factor`` (a record of misbehaviour is evidence the
+  round's spread is not; reputation-based defences such as FLTrust keep such a memory too).
 
 Norms are computed in float64 (float32 squares overflow at ‖Δ‖ ≈ 1e19).
 """
@@ -105,7 +108,8 @@ def coordinate_median(uploads: Sequence[Mapping[str, np.ndarray]]) -> Arrays:
     return {k: np.median(np.stack([np.asarray(u[k], dtype=np.float64) for u in uploads]), axis=0) for k in uploads[0]}
 
 
-def screen_around_center(uploads: Sequence[Mapping[str, np.ndarray]], factor: float) -> tuple[list[float], list[str | None]]:
+def screen_around_center(uploads: Sequence[Mapping[str, np.ndarray]], factor: float,
+                         factors: Sequence[float] | None = None) -> tuple[list[float], list[str | None]]:
     """The direction check: distances of the uploads to their coordinate-wise median c (a centre
     fewer than half can move), against the lower median r of those distances; an upload farther
     than ``factor``·r is rejected.  A sign-flipped or redirected update can have an honest norm but
@@ -113,13 +117,17 @@ def screen_around_center(uploads: Sequence[Mapping[str, np.ndarray]], factor: fl
     threshold of a robust centre; here the threshold adapts to the round's spread).  When the
     tasks pull apart, honest updates spread out too and the check lets such updates through:
     a task far from the others is an honest outlier (measured: a clean client averaged 2.4·r).
-    Returns (distances / r, reasons)."""
+    ``factors`` (one per upload) replaces ``factor`` per upload: a client on probation is held to
+    ``fed.probation-factor``.  Returns (distances / r, reasons)."""
     center = coordinate_median(uploads)
     distances = [update_norm(u, center) for u in uploads]
     ref = lower_median(distances)
     ratios = [d / ref if ref > 0 else 0.0 for d in distances]
-    reasons = [f"distance to the round's coordinate-wise median is {ratio:.2f} x the median distance, above "
-               f"fed.center-factor={factor:g}" if factor > 0 and ratio > factor else None for ratio in ratios]
+    factors = [factor] * len(uploads) if factors is None else list(factors)
+    reasons = [None if f <= 0 or ratio <= f else
+               f"distance to the round's coordinate-wise median is {ratio:.2f} x the median distance, above "
+               + (f"fed.center-factor={f:g}" if f == factor else f"fed.probation-factor={f:g} (on probation)")
+               for ratio, f in zip(ratios, factors)]
     return ratios, reasons
 
 
@@ -135,30 +143,39 @@ def scale_update(update: Arrays, reference: Mapping[str, np.ndarray] | None, sca
 
 
 class Quarantine:
-    """Clients rejected in ``after`` consecutive sampled rounds sit out ``rounds`` rounds."""
+    """Clients rejected in ``after`` consecutive sampled rounds sit out ``rounds`` rounds; once back
+    they are on probation: the next rejection quarantines them again at once, for 2^k·``rounds``
+    rounds after their k-th quarantine (``probation`` False: every quarantine is a fresh start)."""
 
-    def __init__(self, after: int, rounds: int) -> None:
-        self.after, self.rounds = after, rounds
+    def __init__(self, after: int, rounds: int, probation: bool = True) -> None:
+        self.after, self.rounds, self.probation = after, rounds, probation
         self.strikes: dict[int, int] = {}
         self.until: dict[int, int] = {}  # task id → last round it sits out
+        self.times: dict[int, int] = {}  # task id → how often it was quarantined
 
     def blocked(self, server_round: int) -> set[int]:
         """Task ids quarantined in ``server_round``."""
         return {t for t, last in self.until.items() if server_round <= last}
 
-    def update(self, server_round: int, rejected: Sequence[int], accepted: Sequence[int]) -> list[int]:
-        """Count this round's outcomes; returns the tasks newly quarantined."""
-        newly = []
+    def on_probation(self, task: int) -> bool:
+        """The task was quarantined before (and probation is on)."""
+        return self.probation and self.times.get(task, 0) > 0
+
+    def update(self, server_round: int, rejected: Sequence[int], accepted: Sequence[int]) -> list[tuple[int, int]]:
+        """Count this round's outcomes; returns the tasks newly quarantined, each with its length in rounds."""
+        newly: list[tuple[int, int]] = []
         for task in accepted:
             self.strikes.pop(task, None)
         if self.after <= 0:
             return newly
         for task in rejected:
             self.strikes[task] = self.strikes.get(task, 0) + 1
-            if self.strikes[task] >= self.after:
-                self.until[task] = server_round + self.rounds
+            if self.strikes[task] >= self.after or self.on_probation(task):
+                length = self.rounds * 2 ** self.times.get(task, 0) if self.probation else self.rounds
+                self.until[task] = server_round + length
+                self.times[task] = self.times.get(task, 0) + 1
                 self.strikes.pop(task)
-                newly.append(task)
+                newly.append((task, length))
         return newly
 
 
@@ -175,6 +192,11 @@ def validate_robustness(cfg: ExperimentConfig) -> None:
                           "valid: reject-factor >= clip-factor (or 0 = off)")
     if not (fed.center_factor == 0 or fed.center_factor >= 1):
         raise ConfigError(f"fed.center-factor={fed.center_factor} is invalid; valid: 0 (off) or a factor >= 1")
+    if not (fed.probation_factor == 0 or fed.probation_factor >= 1) or (
+            fed.center_factor > 0 and fed.probation_factor > fed.center_factor):
+        bound = f" up to fed.center-factor={fed.center_factor:g}" if fed.center_factor > 0 else ""
+        raise ConfigError(f"fed.probation-factor={fed.probation_factor} is invalid; valid: 0 (no probation) or a "
+                          f"factor >= 1{bound}")
     _in_range("fed.norm-window", fed.norm_window, 1, 1000)
     if not 0.0 <= fed.trim_fraction < 0.5:
         raise ConfigError(f"fed.trim-fraction={fed.trim_fraction} is invalid; valid: 0 <= fraction < 0.5")

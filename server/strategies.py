@@ -67,7 +67,7 @@ class MetaFedAvg(FedAvg):
         self.progress = progress or Progress(cfg.num_server_rounds)
         self.aggregator = bind(AGGREGATORS.get(cfg.fed.aggregator), cfg.fed)
         self.guard = NormGuard(cfg.fed.clip_factor, cfg.fed.reject_factor, cfg.fed.norm_window)
-        self.quarantine = Quarantine(cfg.fed.quarantine_after, cfg.fed.quarantine_rounds)
+        self.quarantine = Quarantine(cfg.fed.quarantine_after, cfg.fed.quarantine_rounds, cfg.fed.probation_factor > 0)
         self._sent: dict[int, int] = {}  # node → task sampled this round
         self._eval_sent: dict[int, int] = {}  # node → task asked to evaluate this round
         self._messages: list[Message] = []  # this phase's messages (their ids are set when Flower pushes them)
@@ -117,9 +117,11 @@ class MetaFedAvg(FedAvg):
         candidates, rejected = self._screen_replies(server_round, "train", list(replies), reference)
         accepted = self._guard_updates(server_round, candidates, reference, rejected)
         newly = self.quarantine.update(server_round, [r["task-id"] for r in rejected], [t for t, _, _ in accepted])
-        for task in newly:
-            log(WARNING, "round %d: task %d quarantined for %d rounds after %d consecutive rejected rounds",
-                server_round, task, self.cfg.fed.quarantine_rounds, self.cfg.fed.quarantine_after)
+        for task, length in newly:
+            times = self.quarantine.times[task]
+            why = (f"after {self.cfg.fed.quarantine_after} consecutive rejected rounds" if times == 1 else
+                   f"(quarantine {times}: rejected on probation)")
+            log(WARNING, "round %d: task %d quarantined for %d rounds %s", server_round, task, length, why)
         if rejected:
             self.writer.append("rejections", rejected)
         if len(accepted) < self.cfg.fed.min_replies:
@@ -136,7 +138,7 @@ class MetaFedAvg(FedAvg):
         means = _mean_metrics([m for _, _, m in accepted], exclude={"task-id", "clipped", "center-distance-ratio"})
         self.writer.append("rounds", [{
             "round": server_round, "phase": "train", "tasks": [t for t, _, _ in accepted], "rejected": len(rejected),
-            "clipped": sum(int(m.get("clipped", 0)) for _, _, m in accepted), "quarantined": sorted(newly),
+            "clipped": sum(int(m.get("clipped", 0)) for _, _, m in accepted), "quarantined": sorted(t for t, _ in newly),
             "seconds": round(time.monotonic() - self._round_start, 4), "env-steps": env_steps,
             "cum-env-steps": self.cum_env_steps, **means,
         }])
@@ -211,7 +213,10 @@ class MetaFedAvg(FedAvg):
                           rejected: list[dict[str, Any]]) -> list[Candidate]:
         if len(candidates) < 3 or self.cfg.fed.center_factor <= 0:  # a center needs a majority to stand on
             return candidates
-        ratios, reasons = screen_around_center([a for _, a, _ in candidates], self.cfg.fed.center_factor)
+        fed = self.cfg.fed
+        factors = [fed.probation_factor if self.quarantine.on_probation(task) else fed.center_factor
+                   for task, _, _ in candidates]
+        ratios, reasons = screen_around_center([a for _, a, _ in candidates], fed.center_factor, factors)
         kept: list[Candidate] = []
         for (task, arrays, metrics), ratio, reason in zip(candidates, ratios, reasons):
             if reason is not None:

@@ -63,9 +63,24 @@ def test_quarantine_after_consecutive_rejections_for_a_number_of_rounds():
     assert q.update(1, rejected=[4], accepted=[1]) == []
     assert q.update(2, rejected=[], accepted=[4]) == []  # an accepted round resets the count
     assert q.update(3, rejected=[4], accepted=[]) == []
-    assert q.update(4, rejected=[4], accepted=[]) == [4]
+    assert q.update(4, rejected=[4], accepted=[]) == [(4, 3)]
     assert [r for r in range(4, 10) if 4 in q.blocked(r)] == [4, 5, 6, 7]
     assert Quarantine(after=0, rounds=3).update(1, [4], []) == []
+
+
+def test_a_client_back_from_quarantine_is_on_probation_and_sits_out_twice_as_long_after_one_rejection():
+    q = Quarantine(after=2, rounds=3)
+    q.update(1, rejected=[4], accepted=[1])
+    assert q.update(2, rejected=[4], accepted=[1]) == [(4, 3)]  # rounds 3-5
+    assert q.on_probation(4) and not q.on_probation(1)
+    assert q.update(6, rejected=[], accepted=[4]) == []  # back, accepted: still on probation
+    assert q.update(7, rejected=[4], accepted=[]) == [(4, 6)]  # one rejection is enough now; 2 x 3 rounds
+    assert [r for r in range(8, 16) if 4 in q.blocked(r)] == [8, 9, 10, 11, 12, 13]
+    assert q.update(14, rejected=[4], accepted=[]) == [(4, 12)]
+    no_probation = Quarantine(after=2, rounds=3, probation=False)
+    no_probation.update(1, [4], []), no_probation.update(2, [4], [])
+    assert not no_probation.on_probation(4)
+    assert no_probation.update(6, [4], []) == [] and no_probation.update(7, [4], []) == [(4, 3)]
 
 
 def test_short_reason_is_one_line_without_colour_codes():
@@ -175,3 +190,11 @@ def test_the_direction_check_rejects_sign_flipped_updates_of_honest_norm():
     assert [r is None for r in reasons] == [True] * 7 + [False] * 3
     assert max(ratios[:7]) < 3.0 < min(ratios[7:]) and "fed.center-factor=3" in reasons[9]
     assert screen_around_center(honest + flipped, factor=0.0)[1] == [None] * 10
+    # a client on probation is held to its own (smaller) factor; the others keep fed.center-factor
+    outlier = int(np.argmax(ratios[:7]))
+    factors = [3.0] * 10
+    factors[outlier] = max(1.0, ratios[outlier] * 0.9)
+    assert ratios[outlier] > 1.0 / 0.9  # an honest update that only a client on probation would be refused for
+    probation = screen_around_center(honest + flipped, factor=3.0, factors=factors)[1]
+    assert [r is None for r in probation] == [i != outlier for i in range(7)] + [False] * 3
+    assert "fed.probation-factor" in probation[outlier] and "fed.center-factor=3" in probation[9]
