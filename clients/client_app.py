@@ -78,11 +78,20 @@ def _indexed(specs: list[TaskSpec], key: str, index: int, count_key: str) -> Tas
     return specs[index]
 
 
-def _worker(context: Context, cfg: ExperimentConfig, device: str | None = None) -> tuple[TaskWorker, Path | None]:
+def run_id_of(msg: Message, context: Context) -> int:
+    """The run this message belongs to: the fedmeta run id the server sends (kept when a run is
+    resumed), else Flower's run id."""
+    config = msg.content.config_records.get("config")
+    return int(config["run-id"]) if config is not None and "run-id" in config else int(context.run_id)
+
+
+def _worker(context: Context, cfg: ExperimentConfig, device: str | None = None,
+            run_id: int | None = None) -> tuple[TaskWorker, Path | None]:
     torch.set_num_threads(cfg.client.num_threads)
     spec, role = task_for_node(context.node_config, cfg)
     device = resolve_device(device or str(context.node_config.get("device", cfg.client.device)))
-    disk = (client_state_path(cfg.client.state_dir, context.run_id, spec.task_id)  # keyed by run: never another run's
+    run = context.run_id if run_id is None else run_id
+    disk = (client_state_path(cfg.client.state_dir, run, spec.task_id)  # keyed by run: never another run's
             if cfg.client.state_dir and role == "train" else None)
     return TaskWorker(cfg, spec, device, role), disk
 
@@ -117,19 +126,19 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         """One local round of the client algorithm (MEMRL: Alg. 1 steps 6-8 on this task); returns its upload."""
         cfg = resolve_config(context, overrides)
-        worker, disk = _worker(context, cfg)
+        worker, disk = _worker(context, cfg, run_id=run_id_of(msg, context))
         if worker.role == "test":
             raise RuntimeError(f"held-out task {worker.spec.task_id} received a train message; test tasks never train")
         meta = record_to_arrays(msg.content["arrays"])
         reason = check_update(to_numpy(worker.policy.state_dict()), meta, {}, set())
         if reason is not None:
             raise ValueError(f"meta-policy from the server does not fit this task's policy: {reason}")
-        state = ClientState.load(context, disk)
         server_round = int(msg.content["config"]["server-round"])
+        state = ClientState.load(context, disk, before_round=server_round)  # never a later round's (resumed runs)
         with worker:  # ends the sampler's envs (and worker processes) on errors too
             upload, state.personal, metrics, state.optimizer = worker.train_round(meta, state.personal, server_round,
                                                                                   state.optimizer)
-        state.save(context, disk)
+        state.save(context, disk, server_round)
         metrics["task-id"] = worker.spec.task_id
         content = RecordDict({"arrays": arrays_to_record(upload), "metrics": metrics_to_record(metrics)})
         return Message(content, reply_to=msg)
@@ -139,7 +148,7 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
         """Training task: returns of its personalized policy and of the meta-policy w.  Held-out task:
         the meta-test adaptation curve from w (and from w⁰ when the server asks for the reference)."""
         cfg = resolve_config(context, overrides)
-        worker, disk = _worker(context, cfg)
+        worker, disk = _worker(context, cfg, run_id=run_id_of(msg, context))
         meta = record_to_arrays(msg.content["arrays"])
         config = msg.content["config"]
         server_round = int(config["server-round"])
@@ -150,7 +159,7 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
                 if int(config.get("reference", 0)):
                     metrics |= worker.adaptation_curve(initial_meta_policy(cfg), server_round, "init-adapt")
             else:
-                state = ClientState.load(context, disk)
+                state = ClientState.load(context, disk, before_round=server_round + 1)
                 personal = state.personal
                 if personal is None:  # no personalized policy (yet): the algorithm's adaptation of w
                     policies, _ = worker.adapt(meta, server_round, "personal")

@@ -261,7 +261,42 @@ def _seed_flat(cfg: ExperimentConfig, flat: dict[str, Scalar]) -> dict[str, Scal
     return {**flat, "client.state-dir": str(Path(cfg.client.state_dir) / f"s{cfg.seed}")}
 
 
+def plan_resume(text: str) -> Run:
+    """The run in directory ``text`` to continue (``fedmeta run --resume``): its own config from
+    config.json with ``resume=true``, checked (a checkpoint to resume from, not complete) before
+    anything starts; a ConfigError (one line, exit 2) otherwise."""
+    run_dir = Path(text)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {text!r}: no such directory; valid: the directory of a run started by fedmeta run")
+    config_path = run_dir / "config.json"
+    try:
+        recorded = json.loads(config_path.read_text(encoding="utf-8"))
+        flat = dict(recorded["config"])
+    except FileNotFoundError:
+        raise ConfigError(f"--resume {text!r}: holds no run (no config.json); valid: the directory of a run "
+                          "started by fedmeta run") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--resume {text!r}: config.json is unreadable ({type(exc).__name__}: {exc})") from None
+    old_dir, run_dir = str(flat.get("run-dir", "")), run_dir.resolve()
+    if old_dir and flat.get("client.state-dir") == str(Path(old_dir) / "clients"):  # the directory was moved
+        flat["client.state-dir"] = str(run_dir / "clients")
+    flat.update({"run-dir": str(run_dir), "resume": True})
+    cfg = ExperimentConfig.from_flat(flat)
+    _check_strategy(cfg.fed.strategy)
+    from server.server_app import resume_point
+
+    resume_point(cfg)  # a checkpoint to continue from, the run not complete
+    return Run(cfg, cfg.to_flat(), run_dir)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        if args.experiment is not None or args.run_config or args.seeds is not None:
+            raise ConfigError("--resume RUN_DIR continues that run with its own config; valid: no experiment, "
+                              "--run-config or --seeds with it")
+        run = plan_resume(args.resume)
+        print(f"fedmeta: resuming the run in {run.run_dir}", flush=True)
+        return run_one(run, plots=not args.no_plots)
     seeds = None if args.seeds is None else parse_seeds(args.seeds)
     runs, notices = plan_runs(args.experiment, args.run_config, seeds)
     for notice in notices:
@@ -403,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument("--seeds", metavar="SEEDS", help="run these seeds one after another (e.g. 0-4 or 0,2,7; each "
                      "seed also draws the task split unless task.seed is set) and compare them with 95%% CIs")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last complete round "
+                     "(its checkpoint), with its own config; the result is the uninterrupted run's")
     run.set_defaults(func=cmd_run)
     from fedmeta.report import add_compare_parser, add_plot_parser
 

@@ -230,6 +230,10 @@ class ExperimentConfig:
     tensorboard: bool = field(default=False, metadata=_doc("also write every rounds.jsonl metric as a TensorBoard "
                                                            "scalar to <run-dir>/tensorboard (needs the tensorboard "
                                                            "package: pip install 'fedmeta[tensorboard]')"))
+    resume: bool = field(default=False, metadata=_doc("continue the run in run-dir from its last complete round's "
+                                                      "checkpoint (fedmeta run --resume RUN_DIR sets it; a deployment "
+                                                      "passes it with run-dir to flwr run); false: run-dir must be "
+                                                      "new or empty"))
     task: TaskConfig = field(default_factory=TaskConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -316,6 +320,9 @@ class ExperimentConfig:
         _path("output-dir", self.output_dir)
         _path("run-dir", self.run_dir, empty_ok=True)
         _path("plugins-path", self.plugins_path, empty_ok=True)
+        if self.resume and not self.run_dir:
+            raise ConfigError("resume=true needs run-dir (the directory of the run to continue); valid: "
+                              "run-dir=<that run's directory>, or resume=false")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("tensorboard=true needs the tensorboard package, which is not installed; valid: "
                               "install it (pip install 'fedmeta[tensorboard]', or pip install tensorboard) or set "

@@ -11,7 +11,9 @@ Layout (``summary.json`` schema in README.md):
     meta_policy.pt   the latest meta-policy w (dict of tensors) and its round
     meta_policy_init.pt  the initial meta-policy w⁰
     summary.json     final per-task personalized returns (+ optimal return where computable)
-    clients/run-<flower run id>/task-<i>.npz   under ``fedmeta run``: each training client's private state
+    checkpoints/round-<r>.ckpt  the server's state after round r (the newest two; ``fedmeta.checkpoint``)
+    clients/run-<run id>/task-<i>.npz   under ``fedmeta run``: each training client's private state
+                     (``run-id`` in config.json: the fedmeta run id, kept when the run is resumed)
 
 The JSONL files only ever grow: each append writes its rows at the end of the file (one ``write``,
 flushed to the kernel), :meth:`RunWriter.sync` fsyncs them at every round end; a crash can leave a
@@ -140,14 +142,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def client_state_path(state_dir: str | Path, run_id: int, task_id: int) -> Path:
-    """Where a training client keeps its private state on its node's disk: keyed by the Flower run
-    (``run-<run id>/``) and the task, so a new run never reads another run's state, while a SuperNode
-    restarted within the same run finds its own."""
+    """Where a training client keeps its private state on its node's disk: keyed by the fedmeta run
+    (``run-<run id>/``; config.json's ``run-id``, which the server sends with every message and keeps
+    when the run is resumed) and the task, so a new run never reads another run's state, while a
+    SuperNode restarted within the same run, or a resumed run, finds its own.  The previous
+    generations sit next to it (``clients.state.generations``)."""
     return Path(state_dir) / f"run-{int(run_id)}" / f"task-{int(task_id)}.npz"
 
 
 RUN_FILES = ("config.json", "rounds.jsonl", "clients.jsonl", "rejections.jsonl", "meta_policy.pt",
-             "meta_policy_init.pt", "summary.json", "clients")  # what a run leaves (clients/: its clients' state)
+             "meta_policy_init.pt", "summary.json", "clients", "checkpoints")  # what a run leaves (clients/: its clients' state)
 
 
 def run_files(run_dir: str | Path) -> list[str]:

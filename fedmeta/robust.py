@@ -102,6 +102,11 @@ class NormGuard:
     def state_dict(self) -> dict[str, list[list[float]]]:
         return {"history": [list(h) for h in self.history]}
 
+    def load_state_dict(self, state: Mapping[str, list[list[float]]]) -> None:
+        """Restore :meth:`state_dict` (the window keeps its configured length)."""
+        self.history.clear()
+        self.history.extend([float(n) for n in past] for past in state["history"])
+
 
 def coordinate_median(uploads: Sequence[Mapping[str, np.ndarray]]) -> Arrays:
     """The coordinate-wise median of the uploads, in float64: a center that fewer than half can move."""

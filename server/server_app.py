@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Mapping
 from logging import INFO
@@ -16,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmeta.config import ConfigError, ExperimentConfig, plugin_dirs
 from fedmeta.polling import pull_every, pull_interval_for
 from fedmeta.records import arrays_to_record, record_to_arrays
-from fedmeta.results import RunWriter, default_run_dir, run_files
+from fedmeta.results import RunWriter, atomic_write_json, default_run_dir, package_versions, run_files
 from fedmeta.summary import build_summary
 from fedmeta.worker import initial_meta_policy, tasks_of
 from server.discovery import DiscoveryError, discover_tasks
@@ -57,13 +58,13 @@ def _module_of(obj: object) -> str:
 
 def open_writer(cfg: ExperimentConfig) -> RunWriter:
     """The run's writer, with rounds rows mirrored to TensorBoard when ``tensorboard`` is on; a
-    ConfigError when the run directory already holds a run (``fedmeta run`` checks this before it
-    starts anything; this check covers deployments)."""
+    ConfigError when the run directory already holds a run and ``resume`` is off (``fedmeta run``
+    checks this before it starts anything; this check covers deployments)."""
     run_dir = run_dir_for(cfg)
     held = run_files(run_dir)
-    if held:
+    if held and not cfg.resume:
         raise ConfigError(f"run-dir={str(run_dir)!r}: the directory already holds a run ({', '.join(held)}); "
-                          "valid: an empty or new directory")
+                          "valid: an empty or new directory, or resume=true to continue that run")
     writer = RunWriter(run_dir)
     if cfg.tensorboard:
         from fedmeta.tensorboard_log import LOG_DIR, TensorBoardLog
@@ -72,19 +73,72 @@ def open_writer(cfg: ExperimentConfig) -> RunWriter:
     return writer
 
 
-def run_experiment(grid: Grid, cfg: ExperimentConfig, run_id: int | None = None) -> dict[str, Any]:
+RESUME_FREE_KEYS = ("resume", "run-dir")  # keys a resumed run may set differently (the directory may have moved)
+
+
+def resume_point(cfg: ExperimentConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run in ``run-dir`` to continue: (its config.json, its newest readable checkpoint).  A
+    ConfigError (one line) when there is no such run, no checkpoint, the run is complete, or the
+    config differs from the run's."""
+    from fedmeta.checkpoint import load_latest
+
+    run_dir = run_dir_for(cfg)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"resume: run-dir={str(run_dir)!r} holds no run (no config.json); valid: the directory "
+                          "of a run that was started and stopped")
+    try:
+        recorded = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"resume: {config_path} is unreadable ({exc})") from None
+    if (run_dir / "summary.json").exists():
+        raise ConfigError(f"resume: the run in {str(run_dir)!r} is complete (summary.json); nothing to resume")
+    found = load_latest(run_dir)
+    if found is None:
+        raise ConfigError(f"resume: {str(run_dir)!r} has no readable checkpoint (the run stopped before its first "
+                          "round ended); valid: start it again in a new directory")
+    checkpoint, _ = found
+    differ = sorted(k for k in set(checkpoint["config"]) | set(cfg.to_flat()) if k not in RESUME_FREE_KEYS
+                    and checkpoint["config"].get(k) != cfg.to_flat().get(k))
+    if differ:
+        ours, theirs = cfg.to_flat(), checkpoint["config"]
+        shown = ", ".join(f"{k}={ours.get(k)!r} (the run's: {theirs.get(k)!r})" for k in differ[:3])
+        raise ConfigError(f"resume: the config differs from the run's in {len(differ)} keys: {shown}; valid: the "
+                          "run's own config (config.json), with resume=true")
+    return recorded, checkpoint
+
+
+def run_experiment(grid: Grid, cfg: ExperimentConfig, flower_run_id: int | None = None) -> dict[str, Any]:
     """Train for ``num-server-rounds`` and return the summary (also written to summary.json).
 
-    ``run_id``: the Flower run's id (config.json's ``run-id``): the clients keep their private state
-    under ``<client.state-dir>/run-<run_id>/``.  A ``run-dir`` that already holds a run is refused."""
+    A new run draws its fedmeta run id (config.json's ``run-id``, sent to the clients with every
+    message: they keep their private state under ``<client.state-dir>/run-<run id>/``, so a new
+    run never reads another run's).  After every round the server writes a checkpoint
+    (``fedmeta.checkpoint``); with ``resume`` the run in ``run-dir`` continues from its newest
+    readable checkpoint, with the same run id, its unfinished round's rows cut off.  A ``run-dir``
+    that already holds a run is refused without ``resume``."""
+    from fedmeta import checkpoint as ckpt
+
+    recorded, state = resume_point(cfg) if cfg.resume else ({}, None)
+    if state is not None:
+        cut = ckpt.cut_jsonl(run_dir_for(cfg), state["jsonl-sizes"])
+        log(INFO, "fedmeta: resuming %s after round %d (rows of the unfinished round removed: %s)",
+            run_dir_for(cfg), state["round"], cut or "none")
     with open_writer(cfg) as writer:
         train, test = tasks_of(cfg)
         components = run_components(cfg)
-        extra: dict[str, Any] = {"components": components, "train-tasks": [json.loads(s.to_json()) for s in train],
-                                 "test-tasks": [json.loads(s.to_json()) for s in test]}
-        if run_id is not None:
-            extra["run-id"] = int(run_id)
-        writer.write_config(cfg.to_flat(), extra)
+        if state is None:
+            run_id = secrets.randbits(62)
+            extra: dict[str, Any] = {"components": components, "run-id": run_id,
+                                     "train-tasks": [json.loads(s.to_json()) for s in train],
+                                     "test-tasks": [json.loads(s.to_json()) for s in test]}
+            if flower_run_id is not None:
+                extra["flower-run-id"] = int(flower_run_id)
+            writer.write_config(cfg.to_flat(), extra)
+        else:
+            run_id = int(state["run-id"])
+            resumes = [*recorded.get("resumes", []), {"after-round": int(state["round"]), "flower-run-id": flower_run_id}]
+            atomic_write_json(writer.run_dir / "config.json", {**recorded, "resumes": resumes})
         log(INFO, "fedmeta: results in %s; components %s", writer.run_dir,
             ", ".join(f"{kind} {c['name']} ({c['module']})" for kind, c in components.items() if isinstance(c, dict)))
         try:
@@ -96,9 +150,21 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, run_id: int | None = None)
             raise
         if federation.rejected:
             writer.append("rejections", federation.rejected)
-        w0 = initial_meta_policy(cfg)
-        writer.save_meta_policy(w0, 0, "meta_policy_init.pt")
         strategy = STRATEGIES.get(cfg.fed.strategy)(cfg, federation, writer)
+        strategy.run_id = run_id
+        if state is None:
+            w0 = initial_meta_policy(cfg)
+            writer.save_meta_policy(w0, 0, "meta_policy_init.pt")
+        else:
+            w0 = strategy.load_state_dict(state["strategy"], int(state["round"]))
+
+        def checkpoint(server_round: int, strategy_state: dict[str, Any]) -> None:
+            writer.sync()
+            ckpt.save(writer.run_dir, server_round, {
+                "strategy": strategy_state, "config": cfg.to_flat(), "versions": package_versions(),
+                "run-id": run_id, "jsonl-sizes": ckpt.jsonl_sizes(writer.run_dir)})
+
+        strategy.on_round_end = checkpoint
         t0 = time.monotonic()
         result = strategy.start(grid=grid, initial_arrays=arrays_to_record(w0), num_rounds=cfg.num_server_rounds,
                                 timeout=cfg.fed.round_timeout, train_config=ConfigRecord({}),

@@ -23,7 +23,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 
 from fedmeta.aggregation import AGGREGATORS, bind
 from fedmeta.algorithms import CLIENT_ALGORITHMS
@@ -81,6 +81,9 @@ class MetaFedAvg(FedAvg):
         self.last_evaluation: list[dict[str, float | int]] = []
         self.last_meta_test: list[dict[str, float | int]] = []
         self.meta_test_init: list[dict[str, float | int]] = []
+        self.run_id: int | None = None  # the fedmeta run id, sent to the clients (it keys their state on disk)
+        self.first_round = 1  # a resumed run starts after its checkpoint's round (load_state_dict)
+        self.on_round_end: Callable[[int, dict[str, Any]], None] | None = None  # gets state_dict() every round
 
     def summary(self) -> None:
         log(INFO, "\t├── MetaFedAvg: algorithm=%s, server optimizer=%s (beta=%s), B=%d of %d tasks (%d held out), "
@@ -106,6 +109,8 @@ class MetaFedAvg(FedAvg):
         self._w = record_to_arrays(arrays)
         config = ConfigRecord(dict(config))  # FedAvg mutates the record it is given; don't share it
         config["server-round"] = server_round
+        if self.run_id is not None:
+            config["run-id"] = self.run_id
         tasks = self.sample_tasks(server_round)
         self._sent = {self.task_nodes[t]: t for t in tasks}
         record = RecordDict({"arrays": arrays, "config": config})
@@ -247,6 +252,8 @@ class MetaFedAvg(FedAvg):
             return []
         config = ConfigRecord(dict(config))
         config["server-round"] = server_round
+        if self.run_id is not None:
+            config["run-id"] = self.run_id
         self._eval_sent = {**{n: t for n, t in self.node_tasks.items()}, **{n: t for n, t in self.federation.test.items()}}
         messages = list(self._construct_messages(RecordDict({"arrays": arrays, "config": config}),
                                                  [self.task_nodes[t] for t in sorted(self.task_nodes)], "evaluate"))
@@ -295,6 +302,70 @@ class MetaFedAvg(FedAvg):
             self._record_meta_test(server_round, test)
         self.writer.sync()  # the round ends here (Flower calls aggregate_evaluate every round): its rows to disk
         return MetricRecord(means) if means else None
+
+    # ------------------------------------------------------- rounds, checkpoints
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """Flower's round loop (train, then evaluate, every round), from round :attr:`first_round`
+        (after a resume: the checkpoint's round + 1, with ``initial_arrays`` its meta-policy); at the
+        end of each round :attr:`on_round_end` gets :meth:`state_dict` (the run's checkpoint)."""
+        if evaluate_fn is not None:
+            raise ValueError("MetaFedAvg has no centralized evaluation (evaluate_fn)")
+        log(INFO, "Starting %s strategy at round %d of %d", type(self).__name__, self.first_round, num_rounds)
+        self.summary()
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        result = Result()
+        result.arrays = arrays = initial_arrays
+        for server_round in range(self.first_round, num_rounds + 1):
+            replies = grid.send_and_receive(self.configure_train(server_round, arrays, train_config, grid),
+                                            timeout=timeout)
+            new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+            if new_arrays is not None:
+                result.arrays = arrays = new_arrays
+            if train_metrics is not None:
+                result.train_metrics_clientapp[server_round] = train_metrics
+            replies = grid.send_and_receive(self.configure_evaluate(server_round, arrays, evaluate_config, grid),
+                                            timeout=timeout)
+            eval_metrics = self.aggregate_evaluate(server_round, replies)
+            if eval_metrics is not None:
+                result.evaluate_metrics_clientapp[server_round] = eval_metrics
+            if self.on_round_end is not None:
+                self.on_round_end(server_round, self.state_dict(record_to_arrays(arrays)))
+        return result
+
+    def state_dict(self, w: dict[str, np.ndarray]) -> dict[str, Any]:
+        """What the next round needs besides the clients' own state: the meta-policy ``w``, the
+        server optimizer's state (e.g. FedAdam's moments), the sampling RNG, the norm-guard window,
+        the quarantine and the last evaluation rows (the summary's).  The aggregators are
+        stateless functions of the round's uploads."""
+        return {
+            "w": dict(w), "server-optimizer": self.server_optimizer.state_dict(),
+            "sampling-rng": self._rng.bit_generator.state, "norm-guard": self.guard.state_dict(),
+            "quarantine": {"strikes": sorted(self.quarantine.strikes.items()),
+                           "until": sorted(self.quarantine.until.items())},
+            "short-of": sorted(self._short_of), "cum-env-steps": self.cum_env_steps,
+            "last-evaluation": self.last_evaluation, "last-meta-test": self.last_meta_test,
+            "meta-test-init": self.meta_test_init,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], server_round: int) -> dict[str, np.ndarray]:
+        """Restore :meth:`state_dict` saved at the end of ``server_round``; the run continues at the
+        next round.  Returns the meta-policy w."""
+        self.server_optimizer.load_state_dict(state["server-optimizer"])
+        self._rng.bit_generator.state = state["sampling-rng"]
+        self.guard.load_state_dict(state["norm-guard"])
+        self.quarantine.strikes = {int(t): int(n) for t, n in state["quarantine"]["strikes"]}
+        self.quarantine.until = {int(t): int(r) for t, r in state["quarantine"]["until"]}
+        self._short_of = {int(t) for t in state["short-of"]}
+        self.cum_env_steps = int(state["cum-env-steps"])
+        self.last_evaluation = list(state["last-evaluation"])
+        self.last_meta_test = list(state["last-meta-test"])
+        self.meta_test_init = list(state["meta-test-init"])
+        self.first_round = int(server_round) + 1
+        self.progress.rounds_done = int(server_round)
+        return {k: np.asarray(v) for k, v in state["w"].items()}
 
     def _record_meta_test(self, server_round: int, rows: list[dict[str, float | int]]) -> None:
         """Per-task rows and the mean adaptation curves of the held-out tasks (phase ``meta-test``; the
