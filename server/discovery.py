@@ -96,7 +96,7 @@ def discover_tasks(grid: Grid, train: Sequence[TaskSpec], test: Sequence[TaskSpe
     while True:
         new = sorted(set(grid.get_node_ids()) - set(answers))
         if new:
-            answers |= _query(grid, new, max(1.0, deadline - time.monotonic()))
+            answers |= query_nodes(grid, new, max(1.0, deadline - time.monotonic()))
         federation = match_nodes(answers.values(), train, test)
         missing = missing_tasks(federation, train, test)
         if not (missing["train"] or missing["test"]) or time.monotonic() > deadline:
@@ -116,7 +116,7 @@ def discover_tasks(grid: Grid, train: Sequence[TaskSpec], test: Sequence[TaskSpe
     return federation
 
 
-def _query(grid: Grid, nodes: Sequence[int], timeout: float) -> dict[int, tuple[int, dict[str, Any] | None, str | None]]:
+def query_nodes(grid: Grid, nodes: Sequence[int], timeout: float) -> dict[int, tuple[int, dict[str, Any] | None, str | None]]:
     """The task-query answers of ``nodes``: (node, metrics, None), or (node, None, why it has none)."""
     messages = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type="query") for n in nodes]
     answers = {n: (n, None, f"no reply to the task query within {timeout:.0f}s") for n in nodes}

@@ -37,7 +37,7 @@ from fedmeta.seeding import stream_seed
 from fedmeta.server_opt import SERVER_OPTIMIZERS, pseudo_gradient
 from fedmeta.summary import curve_means
 from fedmeta.validation import WEIGHT_KEY, check_update
-from server.discovery import Federation
+from server.discovery import Federation, match_nodes, query_nodes
 from server.progress import Progress
 
 TRAIN_METRICS = {WEIGHT_KEY, "task-id", "train-return", "inner-steps", "grad-norm", "prox-distance"}
@@ -72,6 +72,8 @@ class MetaFedAvg(FedAvg):
         self._eval_sent: dict[int, int] = {}  # node → task asked to evaluate this round
         self._messages: list[Message] = []  # this phase's messages (their ids are set when Flower pushes them)
         self._short_of: set[int] = set()  # the quarantined tasks last reported as leaving fewer than B
+        self._turned_away: set[int] = {int(r["node-id"]) for r in federation.rejected}  # not asked again
+        self._waiting: dict[int, tuple[str, int]] = {}  # node → (role, task) it declared while another node owned it
         self.upload = CLIENT_ALGORITHMS.get(cfg.algorithm).upload
         self.server_optimizer = SERVER_OPTIMIZERS.get(cfg.fed.server_optimizer)(cfg)
         self._rng = np.random.default_rng(stream_seed(cfg.seed, "client-sampling"))
@@ -104,8 +106,53 @@ class MetaFedAvg(FedAvg):
         self._short_of = blocked if size < self.cfg.fed.clients_per_round else set()
         return sorted(int(t) for t in self._rng.choice(tasks, size=size, replace=False))
 
+    def refresh_nodes(self, grid: Grid, server_round: int) -> None:
+        """Re-map tasks to nodes when the set of connected nodes changed: an owner no longer connected
+        is dropped (its task is not sampled until a node takes it back), a new node is asked for its
+        task and checked as at discovery (a SuperNode restarted with the same command has a new node
+        id and takes its task back; one declaring a task a connected node owns is turned away)."""
+        connected = {int(n) for n in grid.get_node_ids()}
+        for task, node in sorted(self.task_nodes.items()):
+            if node not in connected:
+                log(WARNING, "round %d: node %d (task %d) is gone; task %d is not sampled until a node takes it "
+                    "back", server_round, node, task, task)
+                del self.task_nodes[task], self.node_tasks[node]
+        for task, node in sorted(self.test_nodes.items()):
+            if node not in connected:
+                log(WARNING, "round %d: node %d (held-out task %d) is gone", server_round, node, task)
+                del self.test_nodes[task]
+        self._waiting = {n: claim for n, claim in self._waiting.items() if n in connected}
+        new = sorted(connected - set(self.node_tasks) - set(self.test_nodes.values()) - self._turned_away
+                     - set(self._waiting))
+        rejected: list[dict[str, Any]] = []
+        if new:
+            from fedmeta.worker import tasks_of
+
+            train, test = tasks_of(self.cfg)
+            found = match_nodes(query_nodes(grid, new, self.cfg.fed.discovery_timeout).values(), train, test)
+            rejected = [{**row, "round": server_round} for row in found.rejected]
+            self._turned_away |= {int(r["node-id"]) for r in rejected}
+            self._waiting |= {n: ("train", t) for n, t in found.train.items()}
+            self._waiting |= {n: ("test", t) for n, t in found.test.items()}
+        for node, (role, task) in sorted(self._waiting.items()):
+            owners = self.task_nodes if role == "train" else self.test_nodes
+            if task in owners:
+                if node in new:  # said once; it waits for the owner to go (a restart seen before the old id expired)
+                    log(WARNING, "round %d: node %d declares %s task %d, owned by connected node %d; it takes the "
+                        "task when that node is gone", server_round, node, role, task, owners[task])
+                continue
+            log(INFO, "round %d: node %d takes %s task %d", server_round, node, role, task)
+            owners[task] = node
+            if role == "train":
+                self.node_tasks[node] = task
+            del self._waiting[node]
+        if rejected:
+            self.writer.append("rejections", rejected)
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._round_start = time.monotonic()
+        if grid is not None:
+            self.refresh_nodes(grid, server_round)
         self._w = record_to_arrays(arrays)
         config = ConfigRecord(dict(config))  # FedAvg mutates the record it is given; don't share it
         config["server-round"] = server_round
@@ -254,7 +301,7 @@ class MetaFedAvg(FedAvg):
         config["server-round"] = server_round
         if self.run_id is not None:
             config["run-id"] = self.run_id
-        self._eval_sent = {**{n: t for n, t in self.node_tasks.items()}, **{n: t for n, t in self.federation.test.items()}}
+        self._eval_sent = {**{n: t for n, t in self.node_tasks.items()}, **{n: t for t, n in self.test_nodes.items()}}
         messages = list(self._construct_messages(RecordDict({"arrays": arrays, "config": config}),
                                                  [self.task_nodes[t] for t in sorted(self.task_nodes)], "evaluate"))
         if self.test_nodes:  # meta-test; the reference curve from w⁰ once, at the first evaluation that returns it

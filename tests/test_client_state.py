@@ -60,8 +60,8 @@ def test_a_new_run_never_reads_another_runs_client_state(tmp_path):
     second = Node(22, shared)  # the same command again, same seed, same state-dir
     assert _equal(second.train(1), first_upload)  # as from scratch: run 11's state was not read
     assert client_state_path(shared, 22, 0).is_file()
-    assert sorted(p.relative_to(shared) for p in shared.rglob("*") if p.is_file()) == sorted(
-        [*left, client_state_path(shared, 22, 0).relative_to(shared)])
+    written = sorted(set(p.relative_to(shared) for p in shared.rglob("*") if p.is_file()) - set(left))
+    assert written and all(p.parent == client_state_path(shared, 22, 0).parent.relative_to(shared) for p in written)
 
 
 def test_a_node_restarted_within_its_run_takes_its_state_back(tmp_path):

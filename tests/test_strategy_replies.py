@@ -49,3 +49,57 @@ def test_a_reply_to_no_message_sent_falls_back_to_its_source(task_identity):
     original.metadata.__dict__["_message_id"] = "elsewhere"
     reply = Message(RecordDict({}), reply_to=original)
     assert addressee(reply, {}) == reply.metadata.src_node_id == 5
+
+
+class LoopbackGrid:
+    """The nodes of a federation as the server sees them: node ids that come and go, each answered by
+    the real ClientApp with its own node config (a SuperNode restarted with the same command comes
+    back with a new id).  Only the task query is answered; training is not run here."""
+
+    def __init__(self, flat: dict) -> None:
+        from clients.client_app import make_app
+
+        self.flat, self.app, self.nodes = flat, make_app(), {}
+
+    def connect(self, node: int, task: int) -> None:
+        from flwr.app import Context
+
+        self.nodes[node] = Context(run_id=1, node_id=node, node_config={"task-id": task, "device": "cpu"},
+                                   state=RecordDict(), run_config=self.flat)
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.nodes)
+
+    def send_and_receive(self, messages, timeout=None):
+        return [self.app(m, self.nodes[m.metadata.dst_node_id]) for m in messages
+                if m.metadata.dst_node_id in self.nodes]
+
+
+def test_tasks_are_remapped_when_nodes_go_and_come_back(tmp_path, task_identity):
+    """A gone node's task is not sampled; a node restarted (new id) takes its task back; a node that
+    declares a task a connected node owns waits until that node is gone."""
+    from fedmeta.cli import resolve
+
+    cfg, flat, _ = resolve("point-nav-smoke", [])
+    grid = LoopbackGrid(flat)
+    for node, task in ((11, 0), (12, 1), (13, 2)):
+        grid.connect(node, task)
+    w = arrays_to_record(initial_meta_policy(cfg))
+    with RunWriter(tmp_path) as writer:
+        strategy = MetaFedAvg(cfg, Federation({11: 0, 12: 1, 13: 2}), writer)
+
+        def sampled(server_round: int) -> dict[int, int]:
+            strategy.configure_train(server_round, w, ConfigRecord({}), grid)
+            return dict(strategy._sent)
+
+        del grid.nodes[12]  # SuperNode of task 1 killed
+        for r in range(1, 6):
+            assert sampled(r) == {11: 0, 13: 2}  # B=2 of the two tasks left: never the gone node
+        grid.connect(22, 1)  # restarted with the same command: a new node id
+        grid.connect(23, 0)  # declares task 0, which node 11 owns
+        rounds = [sampled(r) for r in range(6, 12)]
+        assert strategy.task_nodes == {0: 11, 1: 22, 2: 13} and any(s.get(22) == 1 for s in rounds)
+        assert all(23 not in s for s in rounds)
+        del grid.nodes[11]
+        sampled(12)  # node 11 is gone: node 23 takes task 0
+        assert strategy.task_nodes == {0: 23, 1: 22, 2: 13} and strategy.node_tasks == {23: 0, 22: 1, 13: 2}
