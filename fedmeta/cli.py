@@ -2,6 +2,7 @@
 
     fedmeta list                                  presets with their one-line description
     fedmeta run [EXPERIMENT] [--run-config "k=v k2=v2" | --run-config file.toml] [--seeds 0-4]
+    fedmeta run --resume RUN_DIR                  continue a stopped run after its last complete round
     fedmeta compare RUN_DIR... [--out DIR] [--group-by algorithm]   methods x metrics, bootstrap CIs
     fedmeta plot RUN_DIR...                       (re)draw a run's plots
     fedmeta keys [EXPERIMENT] [--run-config ...]  every config key: the value run uses, code default, meaning
