@@ -6,7 +6,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,9 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, flower_run_id: int | None 
         cut = ckpt.cut_jsonl(run_dir_for(cfg), state["jsonl-sizes"])
         log(INFO, "fedmeta: resuming %s after round %d (rows of the unfinished round removed: %s)",
             run_dir_for(cfg), state["round"], cut or "none")
+        if not cfg.client.state_dir:
+            log(WARNING, "fedmeta: resuming without client.state-dir: the clients kept their state in memory only, "
+                "so they start this part of the run without it (set client.state-dir for durable client state)")
     with open_writer(cfg) as writer:
         train, test = tasks_of(cfg)
         components = run_components(cfg)
