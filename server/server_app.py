@@ -98,10 +98,12 @@ def resume_point(cfg: ExperimentConfig) -> tuple[dict[str, Any], dict[str, Any]]
         raise ConfigError(f"resume: {str(run_dir)!r} has no readable checkpoint (the run stopped before its first "
                           "round ended); valid: start it again in a new directory")
     checkpoint, _ = found
-    differ = sorted(k for k in set(checkpoint["config"]) | set(cfg.to_flat()) if k not in RESUME_FREE_KEYS
-                    and checkpoint["config"].get(k) != cfg.to_flat().get(k))
+    theirs, ours = dict(checkpoint["config"]), cfg.to_flat()
+    moved = {str(theirs.get("client.state-dir")), str(ours.get("client.state-dir"))} == {
+        str(Path(str(theirs.get("run-dir"))) / "clients"), str(Path(str(ours.get("run-dir"))) / "clients")}
+    free = {*RESUME_FREE_KEYS, *(["client.state-dir"] if moved else [])}  # fedmeta run's default, in a moved run-dir
+    differ = sorted(k for k in set(theirs) | set(ours) if k not in free and theirs.get(k) != ours.get(k))
     if differ:
-        ours, theirs = cfg.to_flat(), checkpoint["config"]
         shown = ", ".join(f"{k}={ours.get(k)!r} (the run's: {theirs.get(k)!r})" for k in differ[:3])
         raise ConfigError(f"resume: the config differs from the run's in {len(differ)} keys: {shown}; valid: the "
                           "run's own config (config.json), with resume=true")

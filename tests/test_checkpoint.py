@@ -131,3 +131,19 @@ def test_resume_refuses_bad_input_with_one_line(tmp_path, capsys):
     other, _, _ = resolve("point-nav-smoke", [f"run-dir='{tmp_path}' resume=true prox.lam=2.0"])
     with pytest.raises(ConfigError, match=r"differs from the run's in 1 keys: prox.lam=2.0 \(the run's: 1.0\)"):
         resume_point(other)
+
+
+def test_resume_plans_a_moved_run_directory_with_its_own_config(tmp_path):
+    """``fedmeta run --resume`` takes the run's config.json; a run directory moved elsewhere (with its
+    clients' state under it, fedmeta run's default) still resumes, from its new place."""
+    from fedmeta.cli import plan_resume
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    _, flat, _ = resolve("point-nav-smoke", [f"run-dir='{old}' client.state-dir='{old / 'clients'}' prox.lam=0.5"])
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"config": flat, "run-id": 5}))
+    ckpt.save(old, 1, {"config": flat, "w": {}})
+    old.rename(new)
+    run = plan_resume(str(new))
+    assert run.run_dir == new.resolve() and run.cfg.resume and run.cfg.prox.lam == 0.5
+    assert run.flat["client.state-dir"] == str(new.resolve() / "clients") and run.flat["run-dir"] == str(new.resolve())
