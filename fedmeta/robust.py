@@ -183,6 +183,15 @@ class Quarantine:
                 newly.append((task, length))
         return newly
 
+    def state_dict(self) -> dict[str, list[list[int]]]:
+        """Strikes, quarantine ends and quarantine counts, as sorted [task, value] pairs (a checkpoint's)."""
+        return {name: [[t, v] for t, v in sorted(getattr(self, name).items())] for name in ("strikes", "until", "times")}
+
+    def load_state_dict(self, state: Mapping[str, Sequence[Sequence[int]]]) -> None:
+        """Restore :meth:`state_dict`."""
+        for name in ("strikes", "until", "times"):
+            setattr(self, name, {int(t): int(v) for t, v in state[name]})
+
 
 def validate_robustness(cfg: ExperimentConfig) -> None:
     """Check the fed.* robustness keys; refuse aggregators that cannot help at this B (ConfigError)."""

@@ -390,8 +390,7 @@ class MetaFedAvg(FedAvg):
         return {
             "w": dict(w), "server-optimizer": self.server_optimizer.state_dict(),
             "sampling-rng": self._rng.bit_generator.state, "norm-guard": self.guard.state_dict(),
-            "quarantine": {"strikes": sorted(self.quarantine.strikes.items()),
-                           "until": sorted(self.quarantine.until.items())},
+            "quarantine": self.quarantine.state_dict(),
             "short-of": sorted(self._short_of), "cum-env-steps": self.cum_env_steps,
             "last-evaluation": self.last_evaluation, "last-meta-test": self.last_meta_test,
             "meta-test-init": self.meta_test_init,
@@ -403,8 +402,7 @@ class MetaFedAvg(FedAvg):
         self.server_optimizer.load_state_dict(state["server-optimizer"])
         self._rng.bit_generator.state = state["sampling-rng"]
         self.guard.load_state_dict(state["norm-guard"])
-        self.quarantine.strikes = {int(t): int(n) for t, n in state["quarantine"]["strikes"]}
-        self.quarantine.until = {int(t): int(r) for t, r in state["quarantine"]["until"]}
+        self.quarantine.load_state_dict(state["quarantine"])
         self._short_of = {int(t) for t in state["short-of"]}
         self.cum_env_steps = int(state["cum-env-steps"])
         self.last_evaluation = list(state["last-evaluation"])

@@ -81,6 +81,7 @@ def test_the_strategy_state_restores_optimizer_rng_guard_and_quarantine(tmp_path
     assert second.first_round == 3 and w2["x"].tobytes() == w["x"].tobytes()
     assert second.cum_env_steps == 123 and second.meta_test_init == first.meta_test_init
     assert second.quarantine.blocked(3) == first.quarantine.blocked(3) == {1}
+    assert second.quarantine.times == first.quarantine.times == {1: 1} and second.quarantine.on_probation(1)
     assert list(second.guard.history) == list(first.guard.history)
     assert second.sample_tasks(3) == first.sample_tasks(3)
     g = {"x": rng.standard_normal(4).astype(np.float32)}
