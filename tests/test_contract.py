@@ -51,7 +51,7 @@ def test_a_bomrl_train_reply_is_the_shared_models_hypergradient_and_scalars():
     from fedmeta.worker import TaskWorker, initial_meta_policy, tasks_of
 
     cfg = ExperimentConfig.from_flat({"algorithm": "bomrl", "task.family": "frozen-lake-holes", "policy.hidden-sizes": "",
-                                      "task.num-clients": 1, "solver.episodes-per-step": 4})
+                                      "task.num-clients": 2, "solver.episodes-per-step": 4})
     meta = initial_meta_policy(cfg)
     upload, _, metrics, _ = TaskWorker(cfg, tasks_of(cfg)[0][0], torch.device("cpu")).train_round(meta, None, 1)
     assert {k: v.shape for k, v in upload.items()} == {k: v.shape for k, v in meta.items()}
