@@ -114,8 +114,11 @@ class MamlConfig:
 class BomrlConfig:
     """BO-MRL (Xu & Zhu, NeurIPS 2024): the within-task algorithm (1) and its hypergradient (Props. 1-2)."""
 
+    form: str = field(default="tabular", metadata=_doc("tabular: problem (1) per state, Props. 1-2 exactly (policy."
+                                                       "hidden-sizes='', one-hot states) | practical: problem (7) by "
+                                                       "Adam and the hypergradient of eq. (8) (any policy)"))
     distance: str = field(default="d1", metadata=_doc("d1: KL(pi_phi||pi) | d2: KL(pi||pi_phi) | d3: ||theta - phi||^2 "
-                                                      "of the state's logits (Section 3)"))
+                                                      "(of the state's logits in the tabular form)"))
     lam: float = field(default=0.5, metadata=_doc("lambda of eq. (1); Appendix A: 0.5 / 0.5 / 0.04 (d1/d2/d3, high "
                                                   "variance), 0.25 / 0.25 / 0.02 (low variance)"))
     q: str = field(default="mc", metadata=_doc("mc: Q and visitation by Monte Carlo from the batches (Alg. 1) | exact: "
@@ -123,6 +126,10 @@ class BomrlConfig:
     solver_iters: int = field(default=200, metadata=_doc("iterations of the d1 bisection / d3 ascent solving (1)"))
     cg_iters: int = field(default=50, metadata=_doc("conjugate-gradient iterations of the d3 Hessian inverse"))
     cg_tol: float = field(default=1e-10, metadata=_doc("conjugate-gradient residual tolerance"))
+    cg_damping: float = field(default=0.0, metadata=_doc("practical form: CG solves (-H + damping I) z = u (a network's "
+                                                         "(7) need not be strongly concave at theta')"))
+    inner_steps: int = field(default=50, metadata=_doc("practical form: Adam steps on (7) (Appendix B: 50)"))
+    inner_lr: float = field(default=0.01, metadata=_doc("practical form: Adam step size on (7)"))
 
 
 @dataclass(frozen=True)
@@ -392,19 +399,25 @@ class ExperimentConfig:
         from fedmeta.tasks import TASK_FAMILIES
 
         b = self.bomrl
+        _choice("bomrl.form", b.form, ["practical", "tabular"])
         _choice("bomrl.distance", b.distance, ["d1", "d2", "d3"])
         _positive("bomrl.lam", b.lam)
         _choice("bomrl.q", b.q, ["exact", "mc"])
         _in_range("bomrl.solver-iters", b.solver_iters, 1, MAX_COUNT)
         _in_range("bomrl.cg-iters", b.cg_iters, 1, MAX_COUNT)
         _positive("bomrl.cg-tol", b.cg_tol)
-        if self.algorithm == "bomrl":
+        _at_least("bomrl.cg-damping", b.cg_damping, 0.0)
+        _in_range("bomrl.inner-steps", b.inner_steps, 1, MAX_COUNT)
+        _positive("bomrl.inner-lr", b.inner_lr)
+        if b.form == "practical" and b.q == "exact":
+            raise ConfigError("bomrl.q='exact' is invalid with bomrl.form='practical'; valid: 'mc'")
+        if self.algorithm == "bomrl" and b.form == "tabular":
             if self.policy.hidden_sizes.strip():
                 raise ConfigError(f"policy.hidden-sizes={self.policy.hidden_sizes!r} is invalid for algorithm='bomrl' "
-                                  "(the tabular form (1)); valid: '' (tabular softmax on one-hot states)")
+                                  "(the tabular form (1)); valid: '' (tabular softmax on one-hot states), or bomrl.form='practical'")
             if not TASK_FAMILIES.get(self.task.family).discrete:
                 raise ConfigError(f"task.family={self.task.family!r} has continuous actions; algorithm='bomrl' needs "
-                                  "a tabular family with one-hot states, e.g. 'frozen-lake-holes'")
+                                  "a tabular family with one-hot states, e.g. 'frozen-lake-holes', or bomrl.form='practical'")
 
     def _validate_fed(self) -> None:
         from fedmeta.aggregation import AGGREGATORS

@@ -117,3 +117,19 @@ def test_bomrl_on_flower_matches_the_in_process_driver(tmp_path):
     for k in final:
         np.testing.assert_array_equal(final[k].numpy(), driver[k])
     assert new_descendants(before) == []
+
+
+def test_practical_form_uploads_the_eq8_hypergradient_of_a_gaussian_network():
+    """bomrl.form='practical' (Appendix D): Alg = Adam on (7), upload = eq. (8) by CG; seeded, model-shaped."""
+    cfg = ExperimentConfig.from_flat({"algorithm": "bomrl", "bomrl.form": "practical", "task.family": "point-nav",
+                                      "task.horizon": 10, "policy.hidden-sizes": "8", "solver.episodes-per-step": 4,
+                                      "bomrl.distance": "d3", "bomrl.inner-steps": 5, "bomrl.cg-iters": 5,
+                                      "bomrl.cg-damping": 0.1, "task.num-clients": 2})
+    worker, meta = TaskWorker(cfg, tasks_of(cfg)[0][0], torch.device("cpu")), initial_meta_policy(cfg)
+    upload, personal, metrics, _ = worker.train_round(meta, None, 1)
+    assert {k: v.shape for k, v in upload.items()} == {k: v.shape for k, v in meta.items()}
+    assert metrics["num-env-steps"] == 2 * 4 * 10 and np.isfinite(_flat(upload)).all() and metrics["grad-norm"] > 0
+    assert not np.array_equal(_flat(personal), _flat(meta))  # θ' moved
+    assert np.array_equal(_flat(upload), _flat(worker.train_round(meta, None, 1)[0]))
+    policies, env_steps = worker.adapt(meta, 1, "adapt", 2)
+    assert len(policies) == 3 and env_steps == 2 * 4 * 10

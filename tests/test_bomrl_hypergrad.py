@@ -139,3 +139,21 @@ def test_implicit_vjp_matches_autograd_through_an_unrolled_inner_solver(kind):
     assert torch.allclose(implicit, unrolled, atol=1e-7, rtol=1e-5)
     adam = solve_practical(objective, phi, steps=50, lr=0.01)
     assert objective(adam, phi) > objective(phi, phi)  # Adam (Appendix B) ascends (7)
+
+
+def test_solve_practical_is_adam():
+    """The written-out Adam of solve_practical takes torch.optim.Adam's steps (ascent)."""
+    target = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+
+    def objective(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        return -((theta - target) ** 4).sum() - ((theta - phi) ** 2).sum()
+
+    phi = torch.zeros(3, dtype=torch.float64)
+    ours = solve_practical(objective, phi, steps=7, lr=0.05)
+    theta = phi.clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=0.05)
+    for _ in range(7):
+        opt.zero_grad()
+        (-objective(theta, phi)).backward()
+        opt.step()
+    assert torch.allclose(ours, theta.detach(), atol=1e-12)

@@ -23,8 +23,14 @@ task's MDP (no sampling; for analysis and tests, not a federated data path).
 Adaptation (meta-test): k = ``eval.adapt-steps`` applications of Alg, each on a fresh batch of
 D episodes of the current policy (the paper's 0..4-step curves).
 
-The policy must be the tabular softmax: ``policy.hidden-sizes = ''`` on a task family with
-one-hot observations (``frozen-lake-holes``); its logits table is W[:, s] + b.
+With ``bomrl.form = "tabular"`` (default) the policy must be the tabular softmax:
+``policy.hidden-sizes = ''`` on a task family with one-hot observations (``frozen-lake-holes``);
+its logits table is W[:, s] + b.  ``bomrl.form = "practical"`` (any softmax or Gaussian policy,
+Appendix D): Alg solves (7) by ``bomrl.inner-steps`` Adam steps with Q̂^{π_φ}(s_t, a_t) the
+discounted return from t minus the batch's per-time-step mean (a practical choice: an advantage
+in place of Q), and the upload is eq. (8): Proposition 2 without the ∇_φQ term, the outer factor
+the policy gradient of the second batch at θ', the Hessian inverse by conjugate gradient with
+damping ``bomrl.cg-damping``.
 """
 
 from __future__ import annotations
@@ -36,12 +42,14 @@ from torch.func import functional_call
 
 from fedmeta.algorithms.bomrl import exact
 from fedmeta.algorithms.bomrl.estimates import mc_grad_q, mc_q, mc_visitation
-from fedmeta.algorithms.bomrl.hypergrad import tabular_hypergradient
+from fedmeta.algorithms.bomrl.hypergrad import implicit_vjp, tabular_hypergradient
+from fedmeta.algorithms.bomrl.practical import flatten, practical_objective, solve_practical, unflatten
 from fedmeta.algorithms.bomrl.within_task import adapt_logits
 from fedmeta.algorithms.client import CLIENT_ALGORITHMS, ClientAlgorithm, Params, PrivateState, RoundReport, clone
 from fedmeta.algorithms.client import load_params
+from fedmeta.algorithms.metagrad import pg_surrogate
 from fedmeta.algorithms.prox import params_distance
-from fedmeta.rollouts import EpisodeBatch, collect_episodes, discounted_return
+from fedmeta.rollouts import EpisodeBatch, collect_episodes, discounted_return, loo_mean_baseline, reward_to_go
 
 WEIGHT, BIAS = "logits.0.weight", "logits.0.bias"
 
@@ -52,7 +60,7 @@ def _norm(params: Params) -> float:
 
 @CLIENT_ALGORITHMS.register("bomrl")
 class BOMRL(ClientAlgorithm):
-    """BO-MRL with the tabular within-task algorithm (1) and the hypergradient of Props. 1-2."""
+    """BO-MRL: the within-task algorithm (1) (tabular) or (7) (practical) and its hypergradient (Props. 1-2, eq. (8))."""
 
     upload = "gradient"
     adaptation = "bomrl"
@@ -97,9 +105,47 @@ class BOMRL(ClientAlgorithm):
             q = mc_q(batch, self.num_states, phi.shape[1], self.cfg.solver.gamma).q
         return phi, q, adapt_logits(phi, q, b.lam, b.distance, b.solver_iters)
 
+    # ------------------------------------------------------------ practical form (7)
+    def _objective(self, meta: Params, batch: EpisodeBatch):
+        """F(θ, φ) of eq. (7) on the live steps of ``batch`` (sampled with π_φ), flat parameters."""
+        b, gamma = self.cfg.bomrl, self.cfg.solver.gamma
+        live = batch.masks.bool()
+        returns = reward_to_go(batch.rewards, batch.masks, gamma) / (
+            gamma ** torch.arange(batch.rewards.shape[0], dtype=batch.rewards.dtype))[:, None]
+        advantage = (returns - loo_mean_baseline(returns, batch.masks)) * batch.masks
+        like = {k: meta[k] for k, _ in self.solver.policy.named_parameters()}
+        objective = practical_objective(self.solver.policy, like, batch.obs[live], batch.actions[live],
+                                        advantage[live].to(batch.obs.dtype), b.lam, b.distance)
+        return like, objective
+
+    def _adapt_practical(self, meta: Params, batch: EpisodeBatch) -> tuple[Params, torch.Tensor, object]:
+        like, objective = self._objective(meta, batch)
+        theta = solve_practical(objective, flatten(like), self.cfg.bomrl.inner_steps, self.cfg.bomrl.inner_lr)
+        return {k: v.detach().clone() for k, v in unflatten(theta, like).items()}, theta, objective
+
+    def _train_practical(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, state: PrivateState,
+                         seed: int) -> tuple[Params, PrivateState, RoundReport]:
+        b, gamma = self.cfg.bomrl, self.cfg.solver.gamma
+        sample = self._sampler(venv, horizon, seed, 2)
+        batch_in = sample(meta)
+        adapted, theta, objective = self._adapt_practical(meta, batch_in)
+        batch_out = sample(adapted)
+        leaves = {k: v.clone().requires_grad_(True) for k, v in adapted.items()}
+        surrogate = pg_surrogate(self.solver.policy, leaves, batch_out, gamma, self.cfg.solver.baseline)
+        upstream = flatten(dict(zip(leaves, torch.autograd.grad(surrogate, list(leaves.values())))))
+        like = {k: meta[k] for k in adapted}
+        grad_flat = implicit_vjp(objective, theta, flatten(like), upstream, b.cg_iters, b.cg_tol, b.cg_damping)
+        grad = {k: v.detach().clone() for k, v in unflatten(grad_flat, like).items()}
+        outer_return = float(discounted_return(batch_out.rewards, batch_out.masks, gamma).mean())
+        report = RoundReport(batch_in.num_steps + batch_out.num_steps, outer_return, b.inner_steps, _norm(grad),
+                             params_distance(adapted, like))
+        return grad, PrivateState(adapted, state.optimizers), report
+
     # ----------------------------------------------------------------------- train
     def train(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, state: PrivateState,
               seed: int) -> tuple[Params, PrivateState, RoundReport]:
+        if self.cfg.bomrl.form == "practical":
+            return self._train_practical(venv, horizon, meta, state, seed)
         b, gamma = self.cfg.bomrl, self.cfg.solver.gamma
         mc = b.q == "mc"
         sample = self._sampler(venv, horizon, seed, 2)
@@ -146,7 +192,11 @@ class BOMRL(ClientAlgorithm):
         for _ in range(steps):
             batch = sample(params) if self.cfg.bomrl.q == "mc" else None
             env_steps += batch.num_steps if batch is not None else 0
-            params = self.table_params(self._adapt_once(params, batch, venv)[2], params)
+            if self.cfg.bomrl.form == "practical":
+                assert batch is not None
+                params = {**params, **self._adapt_practical(params, batch)[0]}
+            else:
+                params = self.table_params(self._adapt_once(params, batch, venv)[2], params)
             out.append(clone(params))
         return out, env_steps
 

@@ -63,13 +63,18 @@ def practical_objective(policy: torch.nn.Module, like: Params, obs: torch.Tensor
 
 
 def solve_practical(objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], phi: torch.Tensor,
-                    steps: int = 50, lr: float = 0.01) -> torch.Tensor:
-    """θ' ≈ argmax_θ F(θ, φ) by ``steps`` Adam ascent steps from θ = φ (Appendix B: 50 steps)."""
+                    steps: int = 50, lr: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
+                    eps: float = 1e-8) -> torch.Tensor:
+    """θ' ≈ argmax_θ F(θ, φ) by ``steps`` Adam ascent steps from θ = φ (Appendix B: 50 steps).
+
+    Adam (Kingma & Ba) written out on the flat vector: the same update as ``torch.optim.Adam``."""
     phi = phi.detach()
-    theta = phi.clone().requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        (-objective(theta, phi)).backward()
-        opt.step()
+    theta = phi.clone()
+    m, v = torch.zeros_like(theta), torch.zeros_like(theta)
+    for t in range(1, steps + 1):
+        x = theta.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(objective(x, phi), x)
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        theta = theta + lr * (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps)
     return theta.detach()
