@@ -65,7 +65,10 @@ def _adapt_d1(phi: torch.Tensor, q: torch.Tensor, lam: float, iters: int) -> tor
             break
         mid = 0.5 * (lo + hi)
         total = (lam * p / (mid[:, None] - q)).sum(-1)
-        lo, hi = torch.where(total > 1.0, mid, lo), torch.where(total > 1.0, hi, mid)
+        new_lo, new_hi = torch.where(total > 1.0, mid, lo), torch.where(total > 1.0, hi, mid)
+        if torch.equal(new_lo, lo) and torch.equal(new_hi, hi):  # float resolution reached
+            break
+        lo, hi = new_lo, new_hi
     mu = 0.5 * (lo + hi)
     pi = lam * p / (mu[:, None] - q)
     return torch.log(pi / pi.sum(-1, keepdim=True))
