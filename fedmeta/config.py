@@ -114,9 +114,10 @@ class MamlConfig:
 class BomrlConfig:
     """BO-MRL (Xu & Zhu, NeurIPS 2024): the within-task algorithm (1) and its hypergradient (Props. 1-2)."""
 
-    form: str = field(default="tabular", metadata=_doc("tabular: problem (1) per state, Props. 1-2 exactly (policy."
-                                                       "hidden-sizes='', one-hot states) | practical: problem (7) by "
-                                                       "Adam and the hypergradient of eq. (8) (any policy)"))
+    form: str = field(default="auto", metadata=_doc("tabular: problem (1) per state, Props. 1-2 exactly (policy."
+                                                    "hidden-sizes='', one-hot states) | practical: problem (7) by Adam "
+                                                    "and the hypergradient of eq. (8) (any policy) | auto: tabular for "
+                                                    "policy.hidden-sizes='' on a discrete family, else practical"))
     distance: str = field(default="d1", metadata=_doc("d1: KL(pi_phi||pi) | d2: KL(pi||pi_phi) | d3: ||theta - phi||^2 "
                                                       "(of the state's logits in the tabular form)"))
     lam: float = field(default=0.5, metadata=_doc("lambda of eq. (1); Appendix A: 0.5 / 0.5 / 0.04 (d1/d2/d3, high "
@@ -399,7 +400,7 @@ class ExperimentConfig:
         from fedmeta.tasks import TASK_FAMILIES
 
         b = self.bomrl
-        _choice("bomrl.form", b.form, ["practical", "tabular"])
+        _choice("bomrl.form", b.form, ["auto", "practical", "tabular"])
         _choice("bomrl.distance", b.distance, ["d1", "d2", "d3"])
         _positive("bomrl.lam", b.lam)
         _choice("bomrl.q", b.q, ["exact", "mc"])
@@ -409,8 +410,9 @@ class ExperimentConfig:
         _at_least("bomrl.cg-damping", b.cg_damping, 0.0)
         _in_range("bomrl.inner-steps", b.inner_steps, 1, MAX_COUNT)
         _positive("bomrl.inner-lr", b.inner_lr)
-        if b.form == "practical" and b.q == "exact":
-            raise ConfigError("bomrl.q='exact' is invalid with bomrl.form='practical'; valid: 'mc'")
+        if self.bomrl_form == "practical" and b.q == "exact":
+            raise ConfigError("bomrl.q='exact' is invalid with the practical form (bomrl.form, policy.hidden-sizes); "
+                              "valid: 'mc'")
         if self.algorithm == "bomrl" and b.form == "tabular":
             if self.policy.hidden_sizes.strip():
                 raise ConfigError(f"policy.hidden-sizes={self.policy.hidden_sizes!r} is invalid for algorithm='bomrl' "
@@ -418,6 +420,16 @@ class ExperimentConfig:
             if not TASK_FAMILIES.get(self.task.family).discrete:
                 raise ConfigError(f"task.family={self.task.family!r} has continuous actions; algorithm='bomrl' needs "
                                   "a tabular family with one-hot states, e.g. 'frozen-lake-holes', or bomrl.form='practical'")
+
+    @property
+    def bomrl_form(self) -> str:
+        """``bomrl.form`` with ``auto`` resolved: tabular for a linear policy on a discrete family, else practical."""
+        if self.bomrl.form != "auto":
+            return self.bomrl.form
+        from fedmeta.tasks import TASK_FAMILIES
+
+        tabular = not self.policy.hidden_sizes.strip() and TASK_FAMILIES.get(self.task.family).discrete
+        return "tabular" if tabular else "practical"
 
     def _validate_fed(self) -> None:
         from fedmeta.aggregation import AGGREGATORS

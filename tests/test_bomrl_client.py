@@ -88,7 +88,10 @@ def test_bomrl_keys_are_validated():
     with pytest.raises(ConfigError, match="bomrl.lam"):
         ExperimentConfig.from_flat({**BASE, "bomrl.lam": 0.0})
     with pytest.raises(ConfigError, match="policy.hidden-sizes"):
-        ExperimentConfig.from_flat({**BASE, "policy.hidden-sizes": "16"})
+        ExperimentConfig.from_flat({**BASE, "policy.hidden-sizes": "16", "bomrl.form": "tabular"})
+    with pytest.raises(ConfigError, match="bomrl.q='exact' is invalid"):
+        ExperimentConfig.from_flat({**BASE, "policy.hidden-sizes": "16", "bomrl.q": "exact"})  # auto → practical
+    assert ExperimentConfig.from_flat(BASE).bomrl_form == "tabular"
     with pytest.raises(ConfigError, match="bomrl.q"):
         ExperimentConfig.from_flat({**BASE, "bomrl.q": "td"})
     with pytest.raises(ConfigError, match="unknown key 'bomrl.lambda'"):

@@ -23,7 +23,8 @@ task's MDP (no sampling; for analysis and tests, not a federated data path).
 Adaptation (meta-test): k = ``eval.adapt-steps`` applications of Alg, each on a fresh batch of
 D episodes of the current policy (the paper's 0..4-step curves).
 
-With ``bomrl.form = "tabular"`` (default) the policy must be the tabular softmax:
+With ``bomrl.form = "tabular"`` (``auto``, the default, picks it for ``policy.hidden-sizes = ''`` on
+a discrete family) the policy must be the tabular softmax:
 ``policy.hidden-sizes = ''`` on a task family with one-hot observations (``frozen-lake-holes``);
 its logits table is W[:, s] + b.  ``bomrl.form = "practical"`` (any softmax or Gaussian policy,
 Appendix D): Alg solves (7) by ``bomrl.inner-steps`` Adam steps with Q̂^{π_φ}(s_t, a_t) the
@@ -34,6 +35,8 @@ damping ``bomrl.cg-damping``.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +68,7 @@ class BOMRL(ClientAlgorithm):
     upload = "gradient"
     adaptation = "bomrl"
     keeps_personal = True
+    meta_gradient: ClassVar[bool] = True  # uploads a meta-gradient: the budget of ζ = 1 inner + 1 outer batch
 
     # ------------------------------------------------------------ the tabular policy
     @property
@@ -137,14 +141,14 @@ class BOMRL(ClientAlgorithm):
         grad_flat = implicit_vjp(objective, theta, flatten(like), upstream, b.cg_iters, b.cg_tol, b.cg_damping)
         grad = {k: v.detach().clone() for k, v in unflatten(grad_flat, like).items()}
         outer_return = float(discounted_return(batch_out.rewards, batch_out.masks, gamma).mean())
-        report = RoundReport(batch_in.num_steps + batch_out.num_steps, outer_return, b.inner_steps, _norm(grad),
+        report = RoundReport(batch_in.num_steps + batch_out.num_steps, outer_return, 1, _norm(grad),
                              params_distance(adapted, like))
         return grad, PrivateState(adapted, state.optimizers), report
 
     # ----------------------------------------------------------------------- train
     def train(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, state: PrivateState,
               seed: int) -> tuple[Params, PrivateState, RoundReport]:
-        if self.cfg.bomrl.form == "practical":
+        if self.cfg.bomrl_form == "practical":
             return self._train_practical(venv, horizon, meta, state, seed)
         b, gamma = self.cfg.bomrl, self.cfg.solver.gamma
         mc = b.q == "mc"
@@ -192,7 +196,7 @@ class BOMRL(ClientAlgorithm):
         for _ in range(steps):
             batch = sample(params) if self.cfg.bomrl.q == "mc" else None
             env_steps += batch.num_steps if batch is not None else 0
-            if self.cfg.bomrl.form == "practical":
+            if self.cfg.bomrl_form == "practical":
                 assert batch is not None
                 params = {**params, **self._adapt_practical(params, batch)[0]}
             else:
