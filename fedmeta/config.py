@@ -111,6 +111,29 @@ class MamlConfig:
 
 
 @dataclass(frozen=True)
+class BomrlConfig:
+    """BO-MRL (Xu & Zhu, NeurIPS 2024): the within-task algorithm (1) and its hypergradient (Props. 1-2)."""
+
+    form: str = field(default="auto", metadata=_doc("tabular: problem (1) per state, Props. 1-2 exactly (policy."
+                                                    "hidden-sizes='', one-hot states) | practical: problem (7) by Adam "
+                                                    "and the hypergradient of eq. (8) (any policy) | auto: tabular for "
+                                                    "policy.hidden-sizes='' on a discrete family, else practical"))
+    distance: str = field(default="d1", metadata=_doc("d1: KL(pi_phi||pi) | d2: KL(pi||pi_phi) | d3: ||theta - phi||^2 "
+                                                      "(of the state's logits in the tabular form)"))
+    lam: float = field(default=0.5, metadata=_doc("lambda of eq. (1); Appendix A: 0.5 / 0.5 / 0.04 (d1/d2/d3, high "
+                                                  "variance), 0.25 / 0.25 / 0.02 (low variance)"))
+    q: str = field(default="mc", metadata=_doc("mc: Q and visitation by Monte Carlo from the batches (Alg. 1) | exact: "
+                                               "the tabular MDP's exact values (analysis only, no sampling)"))
+    solver_iters: int = field(default=200, metadata=_doc("iterations of the d1 bisection / d3 ascent solving (1)"))
+    cg_iters: int = field(default=50, metadata=_doc("conjugate-gradient iterations of the d3 Hessian inverse"))
+    cg_tol: float = field(default=1e-10, metadata=_doc("conjugate-gradient residual tolerance"))
+    cg_damping: float = field(default=0.0, metadata=_doc("practical form: CG solves (-H + damping I) z = u (a network's "
+                                                         "(7) need not be strongly concave at theta')"))
+    inner_steps: int = field(default=50, metadata=_doc("practical form: Adam steps on (7) (Appendix B: 50)"))
+    inner_lr: float = field(default=0.01, metadata=_doc("practical form: Adam step size on (7)"))
+
+
+@dataclass(frozen=True)
 class FedConfig:
     """Server side: sampling, validation and aggregation of auxiliary models."""
 
@@ -200,6 +223,7 @@ _SECTIONS: dict[str, type] = {
     "solver": SolverConfig,
     "prox": ProxConfig,
     "maml": MamlConfig,
+    "bomrl": BomrlConfig,
     "fed": FedConfig,
     "eval": EvalConfig,
     "client": ClientConfig,
@@ -216,7 +240,7 @@ class ExperimentConfig:
                                                                 "(a .toml file's stem), '<preset>+<family>' when "
                                                                 "task.family is switched"))
     algorithm: str = field(default="memrl", metadata=_doc("client algorithm: memrl (pFedMe with prox.local-rounds > 1), independent, fedavg, fedavg-ft, fedprox, ditto, "
-                                                          "sgmrl, maml, emaml"))
+                                                          "sgmrl, maml, emaml, bomrl"))
     num_server_rounds: int = field(default=120, metadata=_doc("federated rounds T"))
     seed: int = field(default=0, metadata=_doc("run seed: policy init, sampling, client streams"))
     output_dir: str = field(default="results", metadata=_doc("parent directory of result directories"))
@@ -239,6 +263,7 @@ class ExperimentConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
     prox: ProxConfig = field(default_factory=ProxConfig)
     maml: MamlConfig = field(default_factory=MamlConfig)
+    bomrl: BomrlConfig = field(default_factory=BomrlConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
@@ -304,6 +329,7 @@ class ExperimentConfig:
         self._validate_solver()
         self._validate_prox()
         self._validate_maml()
+        self._validate_bomrl()
         self._validate_fed()
         self._validate_eval()
         self._validate_client()
@@ -377,6 +403,41 @@ class ExperimentConfig:
         _positive("maml.inner-lr", maml.inner_lr)
         _positive("maml.outer-lr", maml.outer_lr)
         _choice("maml.score-baseline", maml.score_baseline, ["none", "running"])
+
+    def _validate_bomrl(self) -> None:
+        from fedmeta.tasks import TASK_FAMILIES
+
+        b = self.bomrl
+        _choice("bomrl.form", b.form, ["auto", "practical", "tabular"])
+        _choice("bomrl.distance", b.distance, ["d1", "d2", "d3"])
+        _positive("bomrl.lam", b.lam)
+        _choice("bomrl.q", b.q, ["exact", "mc"])
+        _in_range("bomrl.solver-iters", b.solver_iters, 1, MAX_COUNT)
+        _in_range("bomrl.cg-iters", b.cg_iters, 1, MAX_COUNT)
+        _positive("bomrl.cg-tol", b.cg_tol)
+        _at_least("bomrl.cg-damping", b.cg_damping, 0.0)
+        _in_range("bomrl.inner-steps", b.inner_steps, 1, MAX_COUNT)
+        _positive("bomrl.inner-lr", b.inner_lr)
+        if self.bomrl_form == "practical" and b.q == "exact":
+            raise ConfigError("bomrl.q='exact' is invalid with the practical form (bomrl.form, policy.hidden-sizes); "
+                              "valid: 'mc'")
+        if self.algorithm == "bomrl" and b.form == "tabular":
+            if self.policy.hidden_sizes.strip():
+                raise ConfigError(f"policy.hidden-sizes={self.policy.hidden_sizes!r} is invalid for algorithm='bomrl' "
+                                  "(the tabular form (1)); valid: '' (tabular softmax on one-hot states), or bomrl.form='practical'")
+            if not TASK_FAMILIES.get(self.task.family).discrete:
+                raise ConfigError(f"task.family={self.task.family!r} has continuous actions; algorithm='bomrl' needs "
+                                  "a tabular family with one-hot states, e.g. 'frozen-lake-holes', or bomrl.form='practical'")
+
+    @property
+    def bomrl_form(self) -> str:
+        """``bomrl.form`` with ``auto`` resolved: tabular for a linear policy on a discrete family, else practical."""
+        if self.bomrl.form != "auto":
+            return self.bomrl.form
+        from fedmeta.tasks import TASK_FAMILIES
+
+        tabular = not self.policy.hidden_sizes.strip() and TASK_FAMILIES.get(self.task.family).discrete
+        return "tabular" if tabular else "practical"
 
     def _validate_fed(self) -> None:
         from fedmeta.aggregation import AGGREGATORS

@@ -40,3 +40,20 @@ def test_trajectory_data_cannot_leave(content):
 
 def test_the_client_app_enforces_the_contract_on_every_handler():
     assert contract_mod in app._mods
+
+
+def test_a_bomrl_train_reply_is_the_shared_models_hypergradient_and_scalars():
+    """BO-MRL uploads ∇_φJ_τ with the meta-policy's keys and shapes; Q-tables, batches and θ' stay local."""
+    import torch
+
+    from fedmeta.config import ExperimentConfig
+    from fedmeta.records import arrays_to_record, metrics_to_record
+    from fedmeta.worker import TaskWorker, initial_meta_policy, tasks_of
+
+    cfg = ExperimentConfig.from_flat({"algorithm": "bomrl", "task.family": "frozen-lake-holes", "policy.hidden-sizes": "",
+                                      "task.num-clients": 2, "solver.episodes-per-step": 4})
+    meta = initial_meta_policy(cfg)
+    upload, _, metrics, _ = TaskWorker(cfg, tasks_of(cfg)[0][0], torch.device("cpu")).train_round(meta, None, 1)
+    assert {k: v.shape for k, v in upload.items()} == {k: v.shape for k, v in meta.items()}
+    content = RecordDict({"arrays": arrays_to_record(upload), "metrics": metrics_to_record(metrics)})
+    assert contract_violation(_reply(content)) is None

@@ -4,5 +4,6 @@ from fedmeta.algorithms.base import SOLVERS, LocalSolver, SolveStats
 from fedmeta.algorithms import pg  # noqa: F401  (registration)
 from fedmeta.algorithms.client import CLIENT_ALGORITHMS, ClientAlgorithm, PrivateState, RoundReport
 from fedmeta.algorithms import meta, baselines, maml  # noqa: F401  (registration)
+from fedmeta.algorithms.bomrl import client as bomrl_client  # noqa: F401  (registration)
 
 __all__ = ["CLIENT_ALGORITHMS", "SOLVERS", "ClientAlgorithm", "LocalSolver", "PrivateState", "RoundReport", "SolveStats"]

@@ -1,0 +1,1 @@
+"""BO-MRL (Xu & Zhu, NeurIPS 2024): within-task algorithm, hypergradients, estimates, client algorithm."""
