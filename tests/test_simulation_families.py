@@ -1,5 +1,11 @@
-"""Every task family runs in the default experiment, on Flower's simulation runtime through ``fedmeta run``
-(in a file of its own, so that the test workers share the simulation runs evenly)."""
+"""Task families in the default experiment on Flower's simulation runtime through ``fedmeta run`` (in a
+file of its own, so that the test workers share the simulation runs evenly).
+
+One family of each kind goes through Flower (the client path does not depend on the family beyond
+building its env inside the client): a tabular one with exact returns, a classic-control one, a
+batched MuJoCo one and one that samples in worker processes; point-nav is the smoke test's and
+grid-nav the plot tests'.  Every family, these included, also runs the same client round in-process
+(``tests/test_families_in_process.py``)."""
 
 from __future__ import annotations
 
@@ -16,8 +22,15 @@ from fedmeta import procs
 from fedmeta.tasks import TASK_FAMILIES
 
 
+FLOWER_FAMILIES = ("frozen-lake-holes", "cartpole-physics", "half-cheetah-vel", "walker-params")
+
+
+def test_the_flower_families_exist():
+    assert set(FLOWER_FAMILIES) <= set(TASK_FAMILIES.names())
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("family", [f for f in TASK_FAMILIES.names() if f != "point-nav"])  # point-nav: smoke test
+@pytest.mark.parametrize("family", FLOWER_FAMILIES)
 def test_every_family_runs_in_the_default_experiment(family, tmp_path):
     """Issue 3: any family is selectable in the default experiment by one override."""
     run_dir = tmp_path / "run"
