@@ -16,7 +16,6 @@ of round t and later (an abandoned future).  Nothing here is ever sent to the se
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from flwr.app import Context
 
 from fedmeta.records import arrays_to_record, bytes_to_record, record_to_arrays, record_to_bytes
-from fedmeta.results import atomic_write_bytes
+from fedmeta.results import atomic_write_bytes, fsync_dir
 
 PERSONAL_KEY = "personal-policy"
 OPTIMIZER_KEY = "solver-state"
@@ -111,17 +110,4 @@ class ClientState:
         atomic_write_bytes(disk_path, data, mode=0o600)
         for _, old in generations(disk_path)[GENERATIONS:]:
             old.unlink(missing_ok=True)
-        _fsync_dir(disk_path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(disk_path.parent)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmeta.results import atomic_write_bytes
+from fedmeta.results import atomic_write_bytes, fsync_dir
 
 CHECKPOINT_DIR = "checkpoints"
 KEEP = 2  # the newest checkpoint and the one before it
@@ -112,7 +112,7 @@ def save(run_dir: str | Path, server_round: int, tree: Mapping[str, Any]) -> Pat
     """Write round ``server_round``'s checkpoint atomically, then drop all but the newest :data:`KEEP`."""
     path = checkpoint_path(run_dir, server_round)
     atomic_write_bytes(path, pack({**tree, "round": int(server_round), "format": FORMAT}))
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     for old in checkpoints(run_dir)[KEEP:]:
         old.unlink(missing_ok=True)
     return path
@@ -154,16 +154,3 @@ def cut_jsonl(run_dir: str | Path, sizes: Mapping[str, int]) -> dict[str, int]:
                 os.fsync(fh.fileno())
             cut[path.name] = size - keep
     return cut
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -245,7 +245,7 @@ class RunWriter:
         for fd in self._fds.values():
             os.fsync(fd)
         if self._created:
-            _fsync_dir(self.run_dir)
+            fsync_dir(self.run_dir)
             self._created = False
 
     def close(self) -> None:
@@ -316,7 +316,7 @@ def _repair_tail(fd: int, path: Path) -> None:
     _write_all(fd, b"\n")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """fsync a directory (its new entries survive a crash); a no-op where directories cannot be opened."""
     try:
         fd = os.open(path, os.O_RDONLY)

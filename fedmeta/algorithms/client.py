@@ -21,7 +21,7 @@ MEMRL's / pFedMe's w ← (1 − β)w + β·agg.  Register an algorithm with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -33,6 +33,7 @@ from fedmeta.algorithms.base import LocalSolver, SolveStats
 from fedmeta.algorithms.prox import detached_params, params_distance
 from fedmeta.config import ExperimentConfig
 from fedmeta.registry import Registry
+from fedmeta.rollouts import EpisodeBatch, collect_episodes
 
 Params = dict[str, torch.Tensor]
 
@@ -119,6 +120,19 @@ class ClientAlgorithm(ABC):
     def local_steps(self) -> int:
         """Policy-gradient steps per server round, K·R: the same env-step budget for every algorithm."""
         return self.cfg.prox.inner_steps * self.cfg.prox.local_rounds
+
+    def episode_sampler(self, venv: gym.vector.VectorEnv, horizon: int, seed: int,
+                        calls: int) -> Callable[[Params], EpisodeBatch]:
+        """``sample(params)``: a fresh batch of D = ``solver.episodes-per-step`` episodes of ``params``;
+        the k-th of at most ``calls`` calls uses the k-th seed drawn from ``seed``."""
+        seeds = iter(int(s) for s in np.random.SeedSequence(seed).generate_state(calls, dtype=np.uint32))
+        policy, device, episodes = self.solver.policy, self.solver.device, self.cfg.solver.episodes_per_step
+
+        def sample(params: Params) -> EpisodeBatch:
+            load_params(policy, params)
+            return collect_episodes(policy, venv, episodes, horizon, next(seeds), device)
+
+        return sample
 
     # ------------------------------------------------------------- adaptation
     def adapt(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, steps: int,

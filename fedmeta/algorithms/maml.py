@@ -25,14 +25,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import gymnasium as gym
-import numpy as np
 import torch
 
-from fedmeta.algorithms.client import (CLIENT_ALGORITHMS, ClientAlgorithm, Params, PrivateState, RoundReport, clone,
-                                       load_params)
+from fedmeta.algorithms.client import CLIENT_ALGORITHMS, ClientAlgorithm, Params, PrivateState, RoundReport, clone
 from fedmeta.algorithms.metagrad import inner_step, meta_gradient
 from fedmeta.algorithms.prox import params_distance
-from fedmeta.rollouts import EpisodeBatch, collect_episodes
 
 
 SCORE_BASELINE_SLOT = "score-baseline"  # the client's moving average of its past J~(θ^ζ, D_o) (maml.score-baseline)
@@ -52,21 +49,10 @@ class MetaGradientAlgorithm(ClientAlgorithm):
     meta_gradient: ClassVar[bool] = True
     estimator: ClassVar[str] = "sgmrl"
 
-    def _sampler(self, venv: gym.vector.VectorEnv, horizon: int, seed: int, calls: int):
-        """``sample(params)``: a fresh batch of D episodes of ``params``; the k-th call uses the k-th seed of ``seed``."""
-        seeds = iter(int(s) for s in np.random.SeedSequence(seed).generate_state(calls, dtype=np.uint32))
-        policy, device, episodes = self.solver.policy, self.solver.device, self.cfg.solver.episodes_per_step
-
-        def sample(params: Params) -> EpisodeBatch:
-            load_params(policy, params)
-            return collect_episodes(policy, venv, episodes, horizon, next(seeds), device)
-
-        return sample
-
     def train(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, state: PrivateState,
               seed: int) -> tuple[Params, PrivateState, RoundReport]:
         maml = self.cfg.maml
-        sample = self._sampler(venv, horizon, seed, maml.inner_steps + 1)
+        sample = self.episode_sampler(venv, horizon, seed, maml.inner_steps + 1)
         running = state.optimizers.get(SCORE_BASELINE_SLOT, {"value": 0.0, "rounds": 0})
         b = float(running["value"]) if maml.score_baseline == "running" else 0.0
         est = meta_gradient(self.solver.policy, meta, sample, maml.inner_steps, maml.inner_lr, self.cfg.solver.gamma,
@@ -86,7 +72,7 @@ class MetaGradientAlgorithm(ClientAlgorithm):
         if steps == 0:
             return out, 0
         lr = self.cfg.eval.adapt_lr or self.cfg.maml.inner_lr
-        sample = self._sampler(venv, horizon, seed, steps)
+        sample = self.episode_sampler(venv, horizon, seed, steps)
         params, env_steps = clone(meta), 0
         for _ in range(steps):
             batch = sample(params)

@@ -39,7 +39,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch.func import functional_call
 
@@ -49,10 +48,9 @@ from fedmeta.algorithms.bomrl.hypergrad import implicit_vjp, tabular_hypergradie
 from fedmeta.algorithms.bomrl.practical import flatten, practical_objective, solve_practical, unflatten
 from fedmeta.algorithms.bomrl.within_task import adapt_logits
 from fedmeta.algorithms.client import CLIENT_ALGORITHMS, ClientAlgorithm, Params, PrivateState, RoundReport, clone
-from fedmeta.algorithms.client import load_params
 from fedmeta.algorithms.metagrad import pg_surrogate
 from fedmeta.algorithms.prox import params_distance
-from fedmeta.rollouts import EpisodeBatch, collect_episodes, discounted_return, loo_mean_baseline, reward_to_go
+from fedmeta.rollouts import EpisodeBatch, discounted_return, loo_mean_baseline, reward_to_go
 
 WEIGHT, BIAS = "logits.0.weight", "logits.0.bias"
 
@@ -87,17 +85,6 @@ class BOMRL(ClientAlgorithm):
         return {WEIGHT: theta.T.to(w.dtype).to(w.device).contiguous(), BIAS: torch.zeros_like(like[BIAS])}
 
     # --------------------------------------------------------------------- sampling
-    def _sampler(self, venv: gym.vector.VectorEnv, horizon: int, seed: int, calls: int):
-        """``sample(params)``: a fresh batch of D episodes; the k-th call uses the k-th seed of ``seed``."""
-        seeds = iter(int(s) for s in np.random.SeedSequence(seed).generate_state(calls, dtype=np.uint32))
-        policy, device, episodes = self.solver.policy, self.solver.device, self.cfg.solver.episodes_per_step
-
-        def sample(params: Params) -> EpisodeBatch:
-            load_params(policy, params)
-            return collect_episodes(policy, venv, episodes, horizon, next(seeds), device)
-
-        return sample
-
     def _adapt_once(self, params: Params, batch: EpisodeBatch | None, venv: gym.vector.VectorEnv) -> tuple[
             torch.Tensor, torch.Tensor, torch.Tensor]:
         """(φ, Q̂^{π_φ}, θ') for one application of Alg from ``params``."""
@@ -130,7 +117,7 @@ class BOMRL(ClientAlgorithm):
     def _train_practical(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, state: PrivateState,
                          seed: int) -> tuple[Params, PrivateState, RoundReport]:
         b, gamma = self.cfg.bomrl, self.cfg.solver.gamma
-        sample = self._sampler(venv, horizon, seed, 2)
+        sample = self.episode_sampler(venv, horizon, seed, 2)
         batch_in = sample(meta)
         adapted, theta, objective = self._adapt_practical(meta, batch_in)
         batch_out = sample(adapted)
@@ -152,7 +139,7 @@ class BOMRL(ClientAlgorithm):
             return self._train_practical(venv, horizon, meta, state, seed)
         b, gamma = self.cfg.bomrl, self.cfg.solver.gamma
         mc = b.q == "mc"
-        sample = self._sampler(venv, horizon, seed, 2)
+        sample = self.episode_sampler(venv, horizon, seed, 2)
         batch_in = sample(meta) if mc else None
         phi, q_meta, theta = self._adapt_once(meta, batch_in, venv)
         adapted = self.table_params(theta, meta)
@@ -192,7 +179,7 @@ class BOMRL(ClientAlgorithm):
         out, params, env_steps = [clone(meta)], clone(meta), 0
         if steps == 0:
             return out, 0
-        sample = self._sampler(venv, horizon, seed, steps)
+        sample = self.episode_sampler(venv, horizon, seed, steps)
         for _ in range(steps):
             batch = sample(params) if self.cfg.bomrl.q == "mc" else None
             env_steps += batch.num_steps if batch is not None else 0
