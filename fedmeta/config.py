@@ -99,8 +99,9 @@ class DqnConfig:
     replay_size: int = field(default=200_000, metadata=_doc("replay buffer capacity in transitions (Table II: 2e5); "
                                                             "kept on the client between rounds, never sent"))
     batch_size: int = field(default=64, metadata=_doc("D: transitions per gradient step (Table II: 64)"))
-    collect_steps: int = field(default=1, metadata=_doc("vector-env steps (each over all solver envs) before every "
-                                                        "gradient step"))
+    collect_steps: int = field(default=1, metadata=_doc("vector-env steps before every gradient step, each over all "
+                                                        "the client's envs (max of solver.episodes-per-step and "
+                                                        "eval.episodes)"))
     learning_starts: int = field(default=64, metadata=_doc("no gradient step until the buffer holds this many "
                                                            "transitions"))
     eps_start: float = field(default=0.3, metadata=_doc("epsilon-greedy exploration at the client's first env step "
@@ -115,7 +116,6 @@ class DqnConfig:
     prioritized: bool = field(default=True, metadata=_doc("prioritized replay (Schaul et al. 2016), as the paper used"))
     alpha: float = field(default=0.6, metadata=_doc("priority exponent: P(j) = p_j^alpha / sum_k p_k^alpha"))
     beta: float = field(default=0.4, metadata=_doc("importance-weight exponent: w_j = (P(j) / min_k P(k))^-beta"))
-    num_envs: int = field(default=1, metadata=_doc("parallel envs the solver collects with (<= the client's vector env)"))
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ class ExperimentConfig:
     experiment: str = field(default="memrl-grid", metadata=_doc("name in the result directory and summary: the preset's "
                                                                 "(a .toml file's stem), '<preset>+<family>' when "
                                                                 "task.family is switched"))
-    algorithm: str = field(default="memrl", metadata=_doc("client algorithm: memrl (pFedMe with prox.local-rounds > 1), independent, fedavg, fedavg-ft, fedprox, ditto, "
+    algorithm: str = field(default="memrl", metadata=_doc("client algorithm: memrl (pFedMe with prox.local-rounds > 1), independent, fedavg, fedavg-ft, fedprox, ditto, pmeta, "
                                                           "sgmrl, maml, emaml"))
     num_server_rounds: int = field(default=120, metadata=_doc("federated rounds T"))
     seed: int = field(default=0, metadata=_doc("run seed: policy init, sampling, client streams"))
@@ -412,7 +412,6 @@ class ExperimentConfig:
         _in_range("dqn.target-update", dqn.target_update, 1, MAX_COUNT)
         _in_range("dqn.alpha", dqn.alpha, 0.0, 1.0)
         _in_range("dqn.beta", dqn.beta, 0.0, 1.0)
-        _in_range("dqn.num-envs", dqn.num_envs, 1, MAX_COUNT)
 
     def _validate_fed(self) -> None:
         from fedmeta.aggregation import AGGREGATORS
