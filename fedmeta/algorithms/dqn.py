@@ -31,6 +31,7 @@ starts from reset states).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,8 +119,6 @@ class DQNSolver(LocalSolver):
             self.target = self._copy_of_policy()
 
     def _copy_of_policy(self) -> QNetwork:
-        import copy
-
         target = copy.deepcopy(self.policy)
         target.requires_grad_(False)
         return target  # type: ignore[return-value]
