@@ -147,3 +147,14 @@ def test_solver_state_round_trips_through_its_state_dict():
     assert all(torch.equal(a, b) for a, b in zip(fresh.target.parameters(), solver.target.parameters()))
     assert np.array_equal(fresh.replay.priority_alpha, solver.replay.priority_alpha)
     venv.close()
+
+
+def test_q_network_policy_is_greedy_in_torch_and_numpy():
+    """Evaluation samples the policy: for a Q-network it must be argmax_a Q(s, a), whatever the noise."""
+    torch.manual_seed(0)
+    net = QNetwork(3, 4, (16,))
+    obs = torch.randn(50, 3)
+    greedy = net.q_values(obs).argmax(-1)
+    assert torch.equal(net.act(obs, torch.rand(50)), greedy)
+    assert np.array_equal(net.numpy_actor()(obs.numpy(), np.random.rand(50).astype(np.float32)), greedy.numpy())
+    assert torch.equal(net(obs).sample(), greedy)
