@@ -75,3 +75,13 @@ def test_union_mean_averages_over_the_clients_that_visited_each_entry():
     assert agg["q"].tolist() == [[2.0, 2.0, 6.0]] and agg["q.visited"].tolist() == [[1.0, 0.5, 0.0]]
     with pytest.raises(ValueError, match="union-mean"):
         AGGREGATORS.get("union-mean")([{"q": t1}, {"q": t2}], [1.0, 1.0])
+
+
+def test_gridworld_warm_up_maps_each_grid_into_the_union_and_runs():
+    from simulations.pmeta_gridworld import UNION, run, union_index
+
+    idx = union_index(3)  # the 3x3 grid's cells are the centre of the 11x11 grid
+    centre = UNION // 2
+    assert idx.tolist() == [(x + centre) * UNION + (y + centre) for x in (-1, 0, 1) for y in (-1, 0, 1)]
+    result = run(seed=0, lam=10.0, eta=0.05, beta=1.0, rounds=2, local=3, sweeps=1, gamma=0.9)
+    assert set(result) == {"PP", "MP", "MA"} and all(0.0 <= v <= 100.0 + 1e-9 for v in result.values())
