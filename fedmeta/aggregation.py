@@ -100,3 +100,26 @@ def bulyan(arrays: Sequence[Arrays], weights: Sequence[float], *, byzantine: int
     keys, results = _flower(arrays)
     out: Any = aggregate_bulyan(list(results), byzantine, aggregate_krum, to_keep=0)
     return _as_input_dtype(dict(zip(keys, out)), arrays[0])
+
+
+@AGGREGATORS.register("union-mean")
+def union_mean_of_visited(arrays: Sequence[Arrays], weights: Sequence[float]) -> Arrays:
+    """pMeta-RL eq. (9): per entry, the mean over the clients that visited it (``<key>.visited`` masks
+    sent beside each table, :mod:`fedmeta.algorithms.tabular_q`); the plain mean where none did.
+    Keys without a mask are averaged plainly; the masks aggregate to the fraction of visitors."""
+    from fedmeta.algorithms.tabular_q import VISITED_SUFFIX, union_mean
+
+    keys = [k for k in arrays[0] if not k.endswith(VISITED_SUFFIX)]
+    if not any(k + VISITED_SUFFIX in arrays[0] for k in keys):
+        raise ValueError("aggregator 'union-mean' needs '<key>.visited' masks beside the tables (tabular pMeta-RL); "
+                         "valid: an algorithm that uploads them, or fed.aggregator='mean'")
+    out: dict[str, np.ndarray] = {}
+    for k in keys:
+        tables = [np.asarray(a[k], dtype=np.float64) for a in arrays]
+        if k + VISITED_SUFFIX in arrays[0]:
+            masks = [np.asarray(a[k + VISITED_SUFFIX]) for a in arrays]
+            out[k] = union_mean(tables, masks)
+            out[k + VISITED_SUFFIX] = np.mean(np.stack(masks), axis=0)
+        else:
+            out[k] = np.mean(np.stack(tables), axis=0)
+    return _as_input_dtype(out, arrays[0])

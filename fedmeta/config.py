@@ -93,6 +93,32 @@ class ProxConfig:
 
 
 @dataclass(frozen=True)
+class DqnConfig:
+    """Off-policy DQN local solver (``solver.name = "dqn"``; pMeta-RL Table II, Tianshou's DQN)."""
+
+    replay_size: int = field(default=200_000, metadata=_doc("replay buffer capacity in transitions (Table II: 2e5); "
+                                                            "kept on the client between rounds, never sent"))
+    batch_size: int = field(default=64, metadata=_doc("D: transitions per gradient step (Table II: 64)"))
+    collect_steps: int = field(default=1, metadata=_doc("vector-env steps before every gradient step, each over all "
+                                                        "the client's envs (max of solver.episodes-per-step and "
+                                                        "eval.episodes)"))
+    learning_starts: int = field(default=64, metadata=_doc("no gradient step until the buffer holds this many "
+                                                           "transitions"))
+    eps_start: float = field(default=0.3, metadata=_doc("epsilon-greedy exploration at the client's first env step "
+                                                        "(Table II: 0.3)"))
+    eps_end: float = field(default=0.01, metadata=_doc("epsilon after eps-decay-steps env steps (Table II: 0.01)"))
+    eps_decay_steps: int = field(default=50_000, metadata=_doc("env steps of the linear epsilon schedule (counted per "
+                                                               "client across rounds)"))
+    target_update: int = field(default=350, metadata=_doc("gradient steps between hard target-network copies "
+                                                          "(Table II: 350)"))
+    double: bool = field(default=True, metadata=_doc("double DQN target (Tianshou's default): argmax by the online "
+                                                     "net, value by the target net"))
+    prioritized: bool = field(default=True, metadata=_doc("prioritized replay (Schaul et al. 2016), as the paper used"))
+    alpha: float = field(default=0.6, metadata=_doc("priority exponent: P(j) = p_j^alpha / sum_k p_k^alpha"))
+    beta: float = field(default=0.4, metadata=_doc("importance-weight exponent: w_j = (P(j) / min_k P(k))^-beta"))
+
+
+@dataclass(frozen=True)
 class MamlConfig:
     """Meta-gradient algorithms sgmrl, maml, emaml (Fallah et al. 2021, eqs. 12-16, 39)."""
 
@@ -224,6 +250,7 @@ _SECTIONS: dict[str, type] = {
     "prox": ProxConfig,
     "maml": MamlConfig,
     "bomrl": BomrlConfig,
+    "dqn": DqnConfig,
     "fed": FedConfig,
     "eval": EvalConfig,
     "client": ClientConfig,
@@ -239,7 +266,7 @@ class ExperimentConfig:
     experiment: str = field(default="memrl-grid", metadata=_doc("name in the result directory and summary: the preset's "
                                                                 "(a .toml file's stem), '<preset>+<family>' when "
                                                                 "task.family is switched"))
-    algorithm: str = field(default="memrl", metadata=_doc("client algorithm: memrl (pFedMe with prox.local-rounds > 1), independent, fedavg, fedavg-ft, fedprox, ditto, "
+    algorithm: str = field(default="memrl", metadata=_doc("client algorithm: memrl (pFedMe with prox.local-rounds > 1), independent, fedavg, fedavg-ft, fedprox, ditto, pmeta, "
                                                           "sgmrl, maml, emaml, bomrl"))
     num_server_rounds: int = field(default=120, metadata=_doc("federated rounds T"))
     seed: int = field(default=0, metadata=_doc("run seed: policy init, sampling, client streams"))
@@ -264,6 +291,7 @@ class ExperimentConfig:
     prox: ProxConfig = field(default_factory=ProxConfig)
     maml: MamlConfig = field(default_factory=MamlConfig)
     bomrl: BomrlConfig = field(default_factory=BomrlConfig)
+    dqn: DqnConfig = field(default_factory=DqnConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
@@ -330,6 +358,7 @@ class ExperimentConfig:
         self._validate_prox()
         self._validate_maml()
         self._validate_bomrl()
+        self._validate_dqn()
         self._validate_fed()
         self._validate_eval()
         self._validate_client()
@@ -438,6 +467,20 @@ class ExperimentConfig:
 
         tabular = not self.policy.hidden_sizes.strip() and TASK_FAMILIES.get(self.task.family).discrete
         return "tabular" if tabular else "practical"
+
+    def _validate_dqn(self) -> None:
+        dqn = self.dqn
+        _in_range("dqn.replay-size", dqn.replay_size, 1, 10_000_000)
+        _in_range("dqn.batch-size", dqn.batch_size, 1, MAX_COUNT)
+        _not_above("dqn.batch-size", dqn.batch_size, "dqn.replay-size", dqn.replay_size)
+        _in_range("dqn.collect-steps", dqn.collect_steps, 1, MAX_COUNT)
+        _in_range("dqn.learning-starts", dqn.learning_starts, 1, 10_000_000)
+        _in_range("dqn.eps-start", dqn.eps_start, 0.0, 1.0)
+        _in_range("dqn.eps-end", dqn.eps_end, 0.0, 1.0)
+        _in_range("dqn.eps-decay-steps", dqn.eps_decay_steps, 1, 100_000_000)
+        _in_range("dqn.target-update", dqn.target_update, 1, MAX_COUNT)
+        _in_range("dqn.alpha", dqn.alpha, 0.0, 1.0)
+        _in_range("dqn.beta", dqn.beta, 0.0, 1.0)
 
     def _validate_fed(self) -> None:
         from fedmeta.aggregation import AGGREGATORS

@@ -32,10 +32,21 @@ def _dump_bytes(state: object) -> bytes:
     return buf.getvalue()
 
 
-def _load_bytes(payload: bytes) -> dict:
-    """Optimizer states by slot; a bare optimizer state (written before slots existed) is MEMRL's ``personal``."""
+SOLVER_SLOT = "solver"  # the solver's own private state (replay buffer, target network, counters)
+
+
+def _load_bytes(payload: bytes) -> tuple[dict, dict]:
+    """(optimizer states by slot, solver state) from a client's private blob.
+
+    Written as ``{"optimizers": ..., "solver": ...}``; older blobs hold the optimizer slots
+    directly, or a bare optimizer state (before slots existed), which is MEMRL's ``personal``.
+    """
     state = torch.load(io.BytesIO(payload), weights_only=True)
-    return {"personal": state} if "param_groups" in state else state
+    if "param_groups" in state:
+        return {"personal": state}, {}
+    if set(state) == {"optimizers", SOLVER_SLOT}:
+        return state["optimizers"], state[SOLVER_SLOT]
+    return state, {}
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -48,11 +59,12 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def build_policy(cfg: ExperimentConfig, spec: TaskSpec, seed: int | None = None) -> Policy:
-    """The run's policy architecture for ``spec``'s spaces (same for every task of a family)."""
+    """The run's policy architecture for ``spec``'s spaces (same for every task of a family);
+    a Q-network when the solver trains one (``policy_kind = "q"``)."""
     env = TASK_FAMILIES.get(spec.family).make_env(spec)
     try:
         return make_policy(env.observation_space, env.action_space, cfg.hidden_sizes, cfg.policy.activation,
-                           cfg.policy.init_std, seed=seed)
+                           cfg.policy.init_std, seed=seed, kind=SOLVERS.get(cfg.solver.name).policy_kind)
     finally:
         env.close()
 
@@ -90,7 +102,7 @@ class TaskWorker:
         self.family = TASK_FAMILIES.get(spec.family)
         self._venv: gym.vector.VectorEnv | None = None
         self.policy = build_policy(cfg, spec).to(device)
-        self.solver = SOLVERS.get(cfg.solver.name)(self.policy, cfg.solver, device)
+        self.solver = SOLVERS.get(cfg.solver.name).from_config(self.policy, cfg, device)
         self.algorithm = CLIENT_ALGORITHMS.get(cfg.algorithm)(cfg, self.solver)
         self.eval_env_steps = 0  # env steps spent by evaluate / adapt (not training budget)
 
@@ -129,12 +141,14 @@ class TaskWorker:
         """
         if self.role != "train":
             raise RuntimeError(f"held-out task {self.spec.task_id} never trains (meta-test only)")
-        state = PrivateState(to_torch(personal, self.device) if personal is not None else None,
-                             _load_bytes(optimizer_state) if optimizer_state is not None else {})
+        optimizers, solver_state = _load_bytes(optimizer_state) if optimizer_state is not None else ({}, {})
+        state = PrivateState(to_torch(personal, self.device) if personal is not None else None, optimizers)
+        self.solver.load_state_dict(solver_state)
         upload, new_state, report = self.algorithm.train(self.venv, self.spec.horizon, to_torch(meta, self.device),
                                                          state, self._stream(server_round, "train"))
         new_personal = to_numpy(new_state.personal) if new_state.personal is not None else None
-        return to_numpy(upload), new_personal, report.as_metrics(), _dump_bytes(new_state.optimizers)
+        blob = {"optimizers": new_state.optimizers, SOLVER_SLOT: self.solver.state_dict()}
+        return to_numpy(upload), new_personal, report.as_metrics(), _dump_bytes(blob)
 
     def evaluate(self, params: Arrays, server_round: int, label: str) -> dict[str, float]:
         """Returns of the stochastic policy ``params``: Monte-Carlo and, where the family can, exact.

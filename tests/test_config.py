@@ -75,7 +75,7 @@ def test_run_config_parsing_follows_flower():
         (["run", "--run-config", "nosuchkey=1"], "unknown key 'nosuchkey'"),
         (["run", "--run-config", "task.family='cartpole-physics' task.num-clients=6 fed.clients-per-round=2"],
          "cartpole-physics has 5 fixed tasks"),
-        (["run", "--run-config", "algorithm='maml2'"], "choose from bomrl, ditto, emaml, fedavg, fedavg-ft, fedprox, independent, maml, memrl, sgmrl"),
+        (["run", "--run-config", "algorithm='maml2'"], "choose from bomrl, ditto, emaml, fedavg, fedavg-ft, fedprox, independent, maml, memrl, pmeta, sgmrl"),
         (["run", "--run-config", "fed.server-optimizer='lamb'"], "choose from adam, sgd"),
         (["run", "--run-config", "eval.adapt-steps=-1"], "eval.adapt-steps"),
         (["run", "--run-config", "task.seed=-2"], "task.seed"),

@@ -57,3 +57,77 @@ def test_a_bomrl_train_reply_is_the_shared_models_hypergradient_and_scalars():
     assert {k: v.shape for k, v in upload.items()} == {k: v.shape for k, v in meta.items()}
     content = RecordDict({"arrays": arrays_to_record(upload), "metrics": metrics_to_record(metrics)})
     assert contract_violation(_reply(content)) is None
+
+
+# ---------------------------------------------------------------- pMeta-RL with DQN: private state
+class _DqnNode:
+    """Task 0 of a pMeta-RL/DQN run on one in-process ClientApp (as the runtime calls it), state on disk."""
+
+    def __init__(self, state_dir) -> None:
+        from flwr.app import Context
+
+        from clients.client_app import make_app
+        from fedmeta.cli import resolve
+
+        self.cfg, flat, _ = resolve("pmeta-cartpole", [
+            f"client.state-dir='{state_dir}' task.num-clients=2 fed.clients-per-round=2 policy.hidden-sizes='16' "
+            "prox.local-rounds=15 dqn.replay-size=40 dqn.learning-starts=16 dqn.batch-size=8 dqn.target-update=5"])
+        self.context = Context(run_id=5, node_id=7, node_config={"partition-id": 0}, state=RecordDict(),
+                               run_config=flat)
+        self.app = make_app()
+
+    def train(self, server_round: int) -> Message:
+        from fedmeta.records import arrays_to_record
+        from fedmeta.worker import initial_meta_policy
+
+        content = RecordDict({"arrays": arrays_to_record(initial_meta_policy(self.cfg)),
+                              "config": ConfigRecord({"server-round": server_round})})
+        reply = self.app(Message(content, dst_node_id=7, message_type="train"), self.context)
+        assert not reply.has_error(), reply.error
+        return reply
+
+    def private(self) -> tuple[dict, dict]:
+        from clients.state import ClientState
+        from fedmeta.worker import _load_bytes
+
+        state = ClientState.load(self.context)
+        assert state.optimizer is not None and state.personal is not None
+        return _load_bytes(state.optimizer)
+
+
+def test_dqn_replay_target_and_optimizer_persist_across_rounds_and_never_leave(tmp_path):
+    from fedmeta.results import client_state_path
+    from fedmeta.worker import initial_meta_policy
+
+    node = _DqnNode(tmp_path)
+    policy_shapes = {k: v.shape for k, v in initial_meta_policy(node.cfg).items()}
+    replies = [node.train(1)]
+    optimizers, solver = node.private()
+    first = replies[0].content["metrics"]
+    assert solver["env_steps"] == first["num-env-steps"] and solver["grad_steps"] == first["inner-steps"] > 0
+    assert solver["replay"]["size"] == min(40, first["num-env-steps"])  # bounded by dqn.replay-size
+    assert int(optimizers["personal"]["state"][0]["step"]) == first["inner-steps"]
+    target_1 = {k: v.clone() for k, v in solver["target"].items()}
+
+    replies.append(node.train(2))
+    optimizers, solver = node.private()
+    second = replies[1].content["metrics"]
+    # the counters, the Adam moments and the (full, bounded) buffer carried over from round 1
+    assert solver["env_steps"] == first["num-env-steps"] + second["num-env-steps"]
+    assert solver["grad_steps"] == first["inner-steps"] + second["inner-steps"]
+    assert int(optimizers["personal"]["state"][0]["step"]) == solver["grad_steps"]
+    assert solver["replay"]["size"] == 40
+    assert any(not torch_equal(target_1[k], solver["target"][k]) for k in target_1)  # target copies happened
+    assert client_state_path(tmp_path, 5, 0).is_file()  # kept on the node's disk (client.state-dir)
+
+    for reply in replies:  # what left the client: w_i's arrays (the Q-network's shapes) and scalars, nothing else
+        assert contract_violation(reply) is None
+        assert set(reply.content.array_records) == {"arrays"} and not reply.content.config_records
+        assert {k: tuple(a.shape) for k, a in reply.content["arrays"].items()} == policy_shapes
+        assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -20,6 +21,9 @@ from fedmeta.config import SolverConfig
 from fedmeta.policies import Policy
 from fedmeta.registry import Registry
 from fedmeta.rollouts import EpisodeBatch, collect_episodes, discounted_return
+
+if TYPE_CHECKING:
+    from fedmeta.config import ExperimentConfig
 
 
 @dataclass
@@ -33,13 +37,34 @@ class SolveStats:
 
 
 class LocalSolver(ABC):
-    """Improves ``policy`` in place on one task; pulled toward an anchor w by λ/2‖θ − w‖²."""
+    """Improves ``policy`` in place on one task; pulled toward an anchor w by λ/2‖θ − w‖².
+
+    ``policy_kind`` is the policy the solver trains (``"stochastic"``: softmax / Gaussian;
+    ``"q"``: a greedy Q-network).  A solver with private state beyond its optimizer (an
+    off-policy solver's replay buffer, target network, counters) returns it from
+    :meth:`state_dict` and takes it back in :meth:`load_state_dict`; the client keeps it
+    between rounds with its other private state and never sends it.
+    """
+
+    policy_kind: ClassVar[str] = "stochastic"
 
     def __init__(self, policy: Policy, cfg: SolverConfig, device: torch.device) -> None:
         self.policy = policy
         self.cfg = cfg
         self.device = device
         self.optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def from_config(cls, policy: Policy, cfg: ExperimentConfig, device: torch.device) -> LocalSolver:
+        """Build the solver from the run's config (a solver with a config section of its own overrides this)."""
+        return cls(policy, cfg.solver, device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Private solver state kept on the client between rounds (none for on-policy solvers)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` of the previous round on this client (``{}``: a fresh start)."""
 
     @abstractmethod
     def loss(self, batch: EpisodeBatch) -> torch.Tensor:

@@ -135,8 +135,13 @@ Policy = CategoricalMLP | GaussianMLP
 
 
 def make_policy(observation_space: gym.Space, action_space: gym.Space, hidden_sizes: Sequence[int] = (64, 64),
-                activation: str = "tanh", init_std: float = 1.0, seed: int | None = None) -> Policy:
-    """Build the policy for a task's single-env spaces; ``seed`` fixes the initial weights."""
+                activation: str = "tanh", init_std: float = 1.0, seed: int | None = None,
+                kind: str = "stochastic") -> Policy:
+    """Build the policy for a task's single-env spaces; ``seed`` fixes the initial weights.
+
+    ``kind`` ``"stochastic"``: softmax / Gaussian policy; ``"q"``: a greedy Q-network
+    (:class:`fedmeta.policies.q.QNetwork`, value-based solvers; discrete actions only).
+    """
     if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
         raise ValueError(f"fedmeta MLP policies need a flat Box observation space, got {observation_space}")
     obs_dim = int(observation_space.shape[0])
@@ -144,6 +149,12 @@ def make_policy(observation_space: gym.Space, action_space: gym.Space, hidden_si
     if seed is not None:
         torch.manual_seed(seed)
     try:
+        if kind == "q":
+            from fedmeta.policies.q import QNetwork
+
+            if not isinstance(action_space, gym.spaces.Discrete):
+                raise ValueError(f"a Q-network policy needs Discrete actions, got {action_space}")
+            return QNetwork(obs_dim, int(action_space.n), hidden_sizes, activation)  # type: ignore[return-value]
         if isinstance(action_space, gym.spaces.Discrete):
             return CategoricalMLP(obs_dim, int(action_space.n), hidden_sizes, activation)
         if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:

@@ -1,0 +1,221 @@
+"""DQN local solver for value-based pMeta-RL (Wang et al., arXiv 2209.10072, eq. 12; Table II).
+
+The personalized model φ_i is a Q-network (:class:`fedmeta.policies.q.QNetwork`); one solver
+step is ``dqn.collect-steps`` ε-greedy steps of the client's envs into its replay buffer, then
+(once the buffer holds ``dqn.learning-starts`` transitions) one gradient step on
+
+    L(φ) = (1/D) Σ_j w_j (y_j − Q_φ(s_j, a_j))²  +  λ/2 ‖φ − ω_i‖²          (eq. 12)
+
+with the TD target (Mnih et al. 2015; double DQN, van Hasselt et al. 2016, when ``dqn.double``)
+
+    y_j = r_j + γ (1 − terminated_j) Q_φ⁻(s'_j, argmax_a Q_φ(s'_j, a))       (double)
+    y_j = r_j + γ (1 − terminated_j) max_a Q_φ⁻(s'_j, a)                       (plain)
+
+φ⁻ is the target network (a hard copy of φ every ``dqn.target-update`` gradient steps) and
+w_j the prioritized-replay importance weights (:mod:`fedmeta.algorithms.replay`); the sampled
+transitions' priorities become |y_j − Q_φ(s_j, a_j)|.  The proximal term is the shared one
+(:func:`fedmeta.algorithms.prox.moreau_penalty`), added here as the base class adds it for
+on-policy solvers.  A truncated episode (the horizon) bootstraps; a terminated one does not.
+
+Exploration: ε decays linearly from ``dqn.eps-start`` to ``dqn.eps-end`` over
+``dqn.eps-decay-steps`` env steps of this client (counted across rounds).  The solver collects
+with all of the client's envs (``max(solver.episodes-per-step, eval.episodes)``, stepped in
+lock-step; a finished env idles until all have finished, then all reset).
+
+Private state, kept on the client between rounds and never sent (:meth:`DQNSolver.state_dict`):
+the replay buffer (at most ``dqn.replay-size`` transitions), the target network and the
+env-step / gradient-step counters (the ε-schedule position).  The Adam state is the
+optimizer slot the client algorithm keeps.  Episodes do not continue across rounds (each round
+starts from reset states).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from fedmeta.algorithms.base import SOLVERS, LocalSolver, SolveStats
+from fedmeta.algorithms.prox import moreau_penalty
+from fedmeta.algorithms.replay import ReplayBatch, ReplayBuffer
+from fedmeta.config import DqnConfig, ExperimentConfig, SolverConfig
+from fedmeta.policies.q import QNetwork
+from fedmeta.rollouts import EpisodeBatch
+
+
+def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_online: torch.Tensor,
+              next_q_target: torch.Tensor, gamma: float, double: bool) -> torch.Tensor:
+    """y = r + γ(1 − terminated)·V(s'), V from the target net (argmax by the online net when ``double``)."""
+    if double:
+        best = next_q_online.argmax(-1, keepdim=True)
+        next_value = next_q_target.gather(-1, best).squeeze(-1)
+    else:
+        next_value = next_q_target.max(-1).values
+    return rewards + gamma * (1.0 - terminated) * next_value
+
+
+def weighted_td_loss(q_taken: torch.Tensor, target: torch.Tensor,
+                     weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1/D) Σ_j w_j (y_j − Q(s_j, a_j))² and the TD errors δ_j = y_j − Q(s_j, a_j) (detached)."""
+    delta = target - q_taken
+    return (weights * delta.pow(2)).mean(), delta.detach()
+
+
+def dqn_loss(q_net: QNetwork, target_net: QNetwork, batch: ReplayBatch, gamma: float,
+             double: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RL part of eq. (12) on one replay batch: (importance-weighted TD loss, TD errors)."""
+    q_taken = q_net.q_values(batch.obs).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        next_online = q_net.q_values(batch.next_obs) if double else None
+        next_target = target_net.q_values(batch.next_obs)
+        target = td_target(batch.rewards, batch.terminated,
+                           next_online if next_online is not None else next_target, next_target, gamma, double)
+    return weighted_td_loss(q_taken, target, batch.weights)
+
+
+def epsilon(env_steps: int, cfg: DqnConfig) -> float:
+    """Linear ε-greedy schedule: eps-start → eps-end over eps-decay-steps env steps, then constant."""
+    frac = min(1.0, env_steps / cfg.eps_decay_steps)
+    return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
+
+
+@SOLVERS.register("dqn")
+class DQNSolver(LocalSolver):
+    """DQN with (prioritized) replay, ε-greedy exploration and a target network (module docstring)."""
+
+    policy_kind = "q"
+
+    def __init__(self, policy: QNetwork, cfg: SolverConfig, device: torch.device, dqn: DqnConfig | None = None) -> None:
+        if not isinstance(policy, QNetwork):
+            raise ValueError(f"solver 'dqn' trains a Q-network policy, got {type(policy).__name__}")
+        super().__init__(policy, cfg, device)  # type: ignore[arg-type]
+        self.dqn = dqn or DqnConfig()
+        self.replay: ReplayBuffer | None = None
+        self.target: QNetwork | None = None
+        self.env_steps = 0  # this client's env steps, all rounds (the ε-schedule position)
+        self.grad_steps = 0  # this client's gradient steps, all rounds (the target-update clock)
+        self._obs: np.ndarray | None = None  # the envs' current observations within a round
+        self._alive = np.zeros(0, dtype=bool)
+        self._running = np.zeros(0)
+        self._finished: list[float] = []
+
+    @classmethod
+    def from_config(cls, policy: Any, cfg: ExperimentConfig, device: torch.device) -> DQNSolver:
+        return cls(policy, cfg.solver, device, cfg.dqn)
+
+    def loss(self, batch: EpisodeBatch) -> torch.Tensor:
+        raise NotImplementedError("DQN learns from replay batches (improve), not from episode batches")
+
+    # ------------------------------------------------------------------ state
+    def _ensure(self, obs_dim: int) -> None:
+        if self.replay is None:
+            d = self.dqn
+            self.replay = ReplayBuffer(d.replay_size, obs_dim, d.prioritized, d.alpha, d.beta)
+        if self.target is None:
+            self.target = self._copy_of_policy()
+
+    def _copy_of_policy(self) -> QNetwork:
+        target = copy.deepcopy(self.policy)
+        target.requires_grad_(False)
+        return target  # type: ignore[return-value]
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"env_steps": self.env_steps, "grad_steps": self.grad_steps}
+        if self.replay is not None:
+            out["replay"] = self.replay.state_dict()
+        if self.target is not None:
+            out["target"] = {k: v.detach().cpu().clone() for k, v in self.target.state_dict().items()}
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.env_steps = int(state.get("env_steps", 0))
+        self.grad_steps = int(state.get("grad_steps", 0))
+        if "replay" in state:
+            obs_dim = int(state["replay"]["obs"].shape[1])
+            d = self.dqn
+            self.replay = ReplayBuffer(d.replay_size, obs_dim, d.prioritized, d.alpha, d.beta)
+            self.replay.load_state_dict(state["replay"])
+        if "target" in state:
+            self.target = self._copy_of_policy()
+            self.target.load_state_dict(state["target"])
+
+    # ------------------------------------------------------------- collection
+    def _greedy(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            q = self.policy.q_values(torch.as_tensor(obs, dtype=torch.float32, device=self.device))  # type: ignore[union-attr]
+        return q.argmax(-1).cpu().numpy()
+
+    def _collect_step(self, venv: gym.vector.VectorEnv, rng: np.random.Generator) -> int:
+        """One ε-greedy step of every running env into the replay buffer; the env steps taken."""
+        assert self.replay is not None
+        if self._obs is None:
+            seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=venv.num_envs)]
+            self._obs, _ = venv.reset(seed=seeds)
+            self._alive = np.ones(venv.num_envs, dtype=bool)
+            self._running = np.zeros(venv.num_envs)
+        num_actions = int(venv.single_action_space.n)  # type: ignore[attr-defined]
+        explore = rng.random(venv.num_envs) < epsilon(self.env_steps, self.dqn)
+        actions = np.where(explore, rng.integers(num_actions, size=venv.num_envs), self._greedy(self._obs))
+        next_obs, rewards, terminated, truncated, _ = venv.step(actions)
+        alive = self._alive
+        self.replay.add(self._obs[alive], actions[alive], rewards[alive], next_obs[alive],
+                        np.asarray(terminated, dtype=np.float32)[alive])
+        self._running[alive] += rewards[alive]
+        ended = alive & (np.asarray(terminated) | np.asarray(truncated))
+        self._finished.extend(self._running[ended].tolist())
+        self._alive = alive & ~ended
+        self._obs = next_obs if self._alive.any() else None
+        taken = int(alive.sum())
+        self.env_steps += taken
+        return taken
+
+    # ----------------------------------------------------------------- update
+    def improve(self, venv: gym.vector.VectorEnv, horizon: int, anchor: Mapping[str, torch.Tensor] | None,
+                lam: float, steps: int, tol: float, seed: int) -> SolveStats:
+        """``steps`` × [collect ``dqn.collect-steps`` env steps; one gradient step on eq. (12)].
+
+        ``stats.steps`` counts gradient steps (none until ``dqn.learning-starts``), ``stats.env_steps``
+        env steps; ``stats.batch_return`` is the mean undiscounted return of the episodes that ended
+        during this call (of the running ones when none ended).  ``tol`` is not used.
+        """
+        self._ensure(int(venv.single_observation_space.shape[0]))  # type: ignore[index]
+        assert self.replay is not None and self.target is not None
+        if self.optimizer is None:
+            self.optimizer = self.make_optimizer()
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD9]))
+        stats = SolveStats(grad_norm=0.0)
+        self._finished = []
+        for _ in range(steps):
+            for _ in range(self.dqn.collect_steps):
+                stats.env_steps += self._collect_step(venv, rng)
+            if len(self.replay) < max(self.dqn.learning_starts, 1):
+                continue
+            stats.grad_norm = self._gradient_step(self.replay.sample(self.dqn.batch_size, rng), anchor, lam)
+            stats.steps += 1
+        returns = self._finished or (self._running[self._alive].tolist() if self._obs is not None else [])
+        stats.batch_return = float(np.mean(returns)) if returns else 0.0
+        return stats
+
+    def _gradient_step(self, batch: ReplayBatch, anchor: Mapping[str, torch.Tensor] | None, lam: float) -> float:
+        """One step on eq. (12); updates priorities and, every target-update steps, the target net."""
+        assert self.optimizer is not None and self.replay is not None and self.target is not None
+        batch = ReplayBatch(*(t.to(self.device) if isinstance(t, torch.Tensor) else t for t in batch))
+        loss, delta = dqn_loss(self.policy, self.target, batch, self.cfg.gamma, self.dqn.double)  # type: ignore[arg-type]
+        if anchor is not None:
+            loss = loss + moreau_penalty(self.policy, anchor, lam)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))  # type: ignore[union-attr]
+        if self.cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.replay.update_priorities(batch.indices, delta.cpu().numpy())
+        self.grad_steps += 1
+        if self.grad_steps % self.dqn.target_update == 0:
+            self.target.load_state_dict(self.policy.state_dict())
+        return grad_norm
