@@ -56,10 +56,15 @@ class Memrl(ClientAlgorithm):
     adaptation = "prox"
     keeps_personal = True
 
+    def local_prox(self) -> ProxConfig:
+        """The personalization round's settings (``prox.*``)."""
+        return self.cfg.prox
+
     def train(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, state: PrivateState,
               seed: int) -> tuple[Params, PrivateState, RoundReport]:
         self.solver.load_optimizer_state(state.optimizers.get("personal"))
-        local_meta, theta, report = moreau_round(self.solver, venv, horizon, meta, state.personal, self.cfg.prox, seed)
+        local_meta, theta, report = moreau_round(self.solver, venv, horizon, meta, state.personal, self.local_prox(),
+                                                 seed)
         optimizer = self.solver.optimizer_state()
         assert optimizer is not None
         return local_meta, PrivateState(theta, {**state.optimizers, "personal": optimizer}), report

@@ -26,25 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import gymnasium as gym
-
-from fedmeta.algorithms.client import CLIENT_ALGORITHMS, ClientAlgorithm, Params, PrivateState, RoundReport
-from fedmeta.algorithms.meta import moreau_round
+from fedmeta.algorithms.client import CLIENT_ALGORITHMS
+from fedmeta.algorithms.meta import Memrl
+from fedmeta.config import ProxConfig
 
 
 @CLIENT_ALGORITHMS.register("pmeta")
-class PMetaRL(ClientAlgorithm):
-    """pMeta-RL: R × [eq. 12 on φ_i; eq. 13 on ω_i] from φ_i = ω_i = ω; upload ω_i (module docstring)."""
+class PMetaRL(Memrl):
+    """pMeta-RL: R × [eq. 12 on φ_i; eq. 13 on ω_i] from φ_i = ω_i = ω; upload ω_i (module docstring).
+    MEMRL's round (:class:`~fedmeta.algorithms.meta.Memrl`) with φ_i restarted from ω."""
 
-    upload = "model"
-    adaptation = "prox"
-    keeps_personal = True
-
-    def train(self, venv: gym.vector.VectorEnv, horizon: int, meta: Params, state: PrivateState,
-              seed: int) -> tuple[Params, PrivateState, RoundReport]:
-        self.solver.load_optimizer_state(state.optimizers.get("personal"))
-        prox = dataclasses.replace(self.cfg.prox, init="meta")  # Algorithm 1, line 7: φ_i ← ω
-        local_meta, personal, report = moreau_round(self.solver, venv, horizon, meta, None, prox, seed)
-        optimizer = self.solver.optimizer_state()
-        assert optimizer is not None
-        return local_meta, PrivateState(personal, {**state.optimizers, "personal": optimizer}), report
+    def local_prox(self) -> ProxConfig:
+        return dataclasses.replace(self.cfg.prox, init="meta")  # Algorithm 1, line 7: φ_i ← ω
