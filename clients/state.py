@@ -16,6 +16,7 @@ of round t and later (an abandoned future).  Nothing here is ever sent to the se
 from __future__ import annotations
 
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,24 @@ class ClientState:
             if r >= tag >= 0:  # written by a round the server never completed (it resumed before it)
                 path.unlink(missing_ok=True)
         if tag >= 0:
-            atomic_write_bytes(generation_path(disk_path, tag), data, mode=0o600)  # θᵢ is the client's private state
-        atomic_write_bytes(disk_path, data, mode=0o600)
+            generation = generation_path(disk_path, tag)
+            atomic_write_bytes(generation, data, mode=0o600)  # θᵢ is the client's private state
+            _replace_with_link(generation, disk_path, data)  # the newest, without writing it twice
+        else:
+            atomic_write_bytes(disk_path, data, mode=0o600)
         for _, old in generations(disk_path)[GENERATIONS:]:
             old.unlink(missing_ok=True)
         fsync_dir(disk_path.parent)
+
+
+def _replace_with_link(source: Path, path: Path, data: bytes) -> None:
+    """Make ``path`` a hard link to ``source`` atomically (link to a temp name, rename over ``path``);
+    where the file system has no hard links, write ``data`` to ``path`` instead."""
+    tmp = path.with_name(f".{path.name}.link-{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        atomic_write_bytes(path, data, mode=0o600)
