@@ -15,8 +15,8 @@ One run, two faults, both SIGKILL:
    SuperNodes stay up) and every round appears once.
 
 The fixture ends every process it started by PID and asserts that none is left (their descendants
-and any process with the deployment's ``TMPDIR``).  The module takes 3.5-6 min on 2 shared cores (201 s at load
-average ~2, 342 s at 10-20).
+and any process with the deployment's ``TMPDIR``).  The module takes 3.5-6 min on 2 shared cores
+(201 s at load average ~2, 342 s at 10-20).
 """
 
 from __future__ import annotations
