@@ -11,48 +11,14 @@ completed with three clients, and ends every process it started (and their desce
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
+from deploy_helpers import BIN, Loopback
 
-from fedmeta import procs
 from fedmeta.results import read_jsonl
 from fedmeta.tasks import TaskSpec, task_split
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def _wait_online(env: dict[str, str], cwd: Path, count: int, timeout: float = 60.0) -> None:
-    """Wait until the SuperLink lists ``count`` online SuperNodes (so discovery sees the rogue node too)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        listing = subprocess.run([str(BIN / "flwr"), "supernode", "list", "deploy"], cwd=cwd, env=env,
-                                 capture_output=True, text=True, timeout=60)
-        if listing.stdout.lower().count("online") >= count:
-            return
-        time.sleep(1.0)
-    raise TimeoutError(f"fewer than {count} SuperNodes online after {timeout:.0f}s:\n{listing.stdout}")
 
 
 def _node_configs() -> list[str]:
@@ -67,61 +33,39 @@ def _node_configs() -> list[str]:
 
 @pytest.mark.slow
 def test_secure_superlink_and_supernodes_on_loopback(tmp_path, root):
-    flwr_home = tmp_path / "flwr-home"
-    flwr_home.mkdir()
-    link_port = _free_port()
     tls = tmp_path / "tls"
     node_configs = _node_configs()
     made = subprocess.run([sys.executable, "-m", "fedmeta", "certs", str(tls), "--nodes", str(len(node_configs) + 1)],
                           capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\n'
-        f'root-certificates = "{tls / "ca.crt"}"\n')
-    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "PYTHONPATH": str(root), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    started: list[subprocess.Popen] = []
-
-    def start(name: str, cmd: list[str]) -> None:
-        out = open(logs / f"{name}.log", "w")
-        started.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True))
-
+    deploy = Loopback(tmp_path, root, f'root-certificates = "{tls / "ca.crt"}"\n')
     run_dir = tmp_path / "run"
     try:
-        start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(tls / "ca.crt"),
-                            "--ssl-certfile", str(tls / "server.pem"), "--ssl-keyfile", str(tls / "server.key"),
-                            "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(link_port),
-                            "--disable-runtime-dependency-installation", "--database", str(tmp_path / "state.db")])
-        _wait_port(link_port)
+        deploy.start_superlink("--ssl-ca-certfile", str(tls / "ca.crt"), "--ssl-certfile", str(tls / "server.pem"),
+                               "--ssl-keyfile", str(tls / "server.key"), "--enable-supernode-auth")
         registering = [subprocess.Popen([str(BIN / "flwr"), "supernode", "register", str(tls / f"node-{i}.pub"),
-                                         "deploy"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                         "deploy"], cwd=tmp_path, env=deploy.env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True) for i in range(len(node_configs))]
         for reg in registering:
             out, _ = reg.communicate(timeout=120)
             assert reg.returncode == 0, out
         # node i has key node-i; the last key (node-N) was never registered
         for i, node_config in enumerate([*node_configs, 'task-id=0 device="cpu"']):
-            start(f"supernode{i}", [
-                str(BIN / "flower-supernode"), "--root-certificates", str(tls / "ca.crt"),
-                "--superlink", f"127.0.0.1:{link_port}", "--auth-supernode-private-key", str(tls / f"node-{i}"),
-                "--max-retries", "2", "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config])
-        _wait_online(env, tmp_path, len(node_configs))
-        unregistered = started[-1]
+            deploy.start(f"supernode{i}", deploy.supernode_cmd(
+                node_config, "--root-certificates", str(tls / "ca.crt"),
+                "--auth-supernode-private-key", str(tls / f"node-{i}"), "--max-retries", "2"))
+        deploy.wait_online(len(node_configs))  # so that discovery sees the rogue node too
+        unregistered = deploy.started[-1]
         assert unregistered.wait(timeout=120) != 0  # refused: it gives up and exits
-        refused = (logs / f"supernode{len(node_configs)}.log").read_text()
+        refused = deploy.log(f"supernode{len(node_configs)}")
         assert "Failed to activate SuperNode" in refused and "Exit Code: 305" in refused  # Flower's code for it
         overrides = (f"num-server-rounds=2 task.family='point-nav' task.horizon=20 task.num-test-tasks=1 "
                      f"eval.adapt-steps=1 solver.episodes-per-step=4 "
                      f"prox.inner-steps=2 eval.every=1 eval.episodes=2 fed.clients-per-round=2 fed.round-timeout=240 "
                      f"run-dir='{run_dir}'")
-        proc = subprocess.run([str(BIN / "flwr"), "run", str(root), "deploy", "--stream", "--run-config", overrides],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)
+        proc = deploy.flwr("run", str(root), "deploy", "--stream", "--run-config", overrides, timeout=480)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        listing = subprocess.run([str(BIN / "flwr"), "ls", "deploy", "--format", "json"], cwd=tmp_path,
-                                 env=env, capture_output=True, text=True, timeout=60)
+        listing = deploy.flwr("ls", "deploy", "--format", "json")
         runs = json.loads(listing.stdout)["runs"]
         assert [r["status"] for r in runs] == ["finished:completed"], listing.stdout
 
@@ -143,11 +87,5 @@ def test_secure_superlink_and_supernodes_on_loopback(tmp_path, root):
         for name in ("returns.png", "adaptation.png"):  # point-nav: no grid trajectories; a meta-test curve
             assert f"fedmeta: wrote {run_dir / name}" in plotted.stdout and (run_dir / name).stat().st_size > 1000
     finally:
-        pids = [p.pid for p in started]
-        for pid in pids:  # the processes we started, then everything they spawned
-            tree = procs.descendants(pid)
-            procs.terminate([pid, *tree], grace=10.0)
-        for p in started:
-            p.wait(timeout=30)
-    for pid in pids:
-        assert procs.descendants(pid) == []
+        deploy.close()
+    assert deploy.leftovers() == []
