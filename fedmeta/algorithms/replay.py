@@ -104,13 +104,23 @@ class ReplayBuffer:
                 "pos": self.pos, "size": n, "max_priority": self.max_priority}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a buffer saved by :meth:`state_dict`; a larger saved buffer keeps its newest ``capacity``."""
+        """Restore a buffer saved by :meth:`state_dict`.
+
+        A buffer that fits as saved (not wrapped, or wrapped at this capacity) is restored slot for
+        slot with its write position, so it samples exactly as the saved one would have; otherwise
+        (a different ``replay-size``) the transitions are laid out oldest first and a larger saved
+        buffer keeps its newest ``capacity``.
+        """
         n = int(state["size"])
         pos = int(state["pos"])
-        order = (np.arange(n) + pos) % n if pos < n else np.arange(n)  # oldest first (a full ring starts at pos)
-        keep = order[-self.capacity:]
-        m = len(keep)
+        wrapped = pos < n  # a full ring: the oldest transition is at pos
+        if n <= self.capacity and (not wrapped or n == self.capacity):
+            keep, next_pos = np.arange(n), pos % self.capacity
+        else:
+            order = (np.arange(n) + pos) % n if wrapped else np.arange(n)  # oldest first
+            keep = order[-self.capacity:]
+            next_pos = len(keep) % self.capacity
         for name in ("obs", "next_obs", "actions", "rewards", "terminated", "priority_alpha"):
-            getattr(self, name)[:m] = state[name].numpy()[keep]
-        self.size, self.pos = m, m % self.capacity
+            getattr(self, name)[:len(keep)] = state[name].numpy()[keep]
+        self.size, self.pos = len(keep), next_pos
         self.max_priority = float(state["max_priority"])
