@@ -40,11 +40,13 @@ class ReplayBuffer:
     """A ring buffer of ``capacity`` transitions with optional proportional priorities."""
 
     def __init__(self, capacity: int, obs_dim: int, prioritized: bool = True, alpha: float = 0.6,
-                 beta: float = 0.4) -> None:
+                 beta: float = 0.4, action_dim: int = 0) -> None:
+        """``action_dim`` 0: discrete actions (int64 indices); > 0: continuous action vectors (float32)."""
         self.capacity, self.prioritized, self.alpha, self.beta = capacity, prioritized, alpha, beta
         self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros(capacity, dtype=np.int64)
+        self.actions = (np.zeros((capacity, action_dim), dtype=np.float32) if action_dim > 0
+                        else np.zeros(capacity, dtype=np.int64))
         self.rewards = np.zeros(capacity, dtype=np.float32)
         self.terminated = np.zeros(capacity, dtype=np.float32)
         self.priority_alpha = np.zeros(capacity, dtype=np.float64)  # p_j^α
@@ -94,6 +96,16 @@ class ReplayBuffer:
         self.max_priority = max(self.max_priority, float(priorities.max()))
 
     # --------------------------------------------------------------- persistence
+    @classmethod
+    def like(cls, state: dict, capacity: int, prioritized: bool = True, alpha: float = 0.6,
+             beta: float = 0.4) -> ReplayBuffer:
+        """An empty buffer for the transitions of a saved :meth:`state_dict`, filled from it."""
+        actions = state["actions"]
+        buf = cls(capacity, int(state["obs"].shape[1]), prioritized, alpha, beta,
+                  int(actions.shape[1]) if actions.dim() == 2 else 0)
+        buf.load_state_dict(state)
+        return buf
+
     def state_dict(self) -> dict[str, torch.Tensor | int | float]:
         """The stored transitions only (not the empty tail), as tensors."""
         n = self.size
