@@ -119,6 +119,30 @@ class DqnConfig:
 
 
 @dataclass(frozen=True)
+class SacConfig:
+    """Off-policy SAC local solver (``solver.name = "sac"``; deep pMeta-RL, Table III; Haarnoja et al. 2018)."""
+
+    federate: str = field(default="actor-critic", metadata=_doc("the federated model: actor-critic (the actor and both "
+                                                                "critics, pMeta-RL Definition 2) | actor (the critics "
+                                                                "stay private on the client)"))
+    replay_size: int = field(default=100_000, metadata=_doc("replay buffer capacity in transitions (Table III: 1e5; "
+                                                            "2e4 for Half-Cheetah-Vel and Walker); kept on the client, "
+                                                            "never sent"))
+    batch_size: int = field(default=256, metadata=_doc("D: transitions per gradient step (Table III: 256)"))
+    collect_steps: int = field(default=1, metadata=_doc("vector-env steps before every gradient step, each over all "
+                                                        "the client's envs (max of solver.episodes-per-step and "
+                                                        "eval.episodes)"))
+    learning_starts: int = field(default=1000, metadata=_doc("uniform random actions and no gradient step until the "
+                                                             "buffer holds this many transitions"))
+    critic_lr: float = field(default=0.001, metadata=_doc("critics' Adam step size (Table III: 1e-3; the actor's is "
+                                                          "solver.lr)"))
+    alpha_lr: float = field(default=0.0003, metadata=_doc("entropy temperature's Adam step size (on log alpha)"))
+    init_alpha: float = field(default=1.0, metadata=_doc("entropy temperature alpha at the client's start (learned "
+                                                         "toward the target entropy -|A|)"))
+    tau: float = field(default=0.005, metadata=_doc("Polyak factor of the target critics (Table III: 0.005)"))
+
+
+@dataclass(frozen=True)
 class MamlConfig:
     """Meta-gradient algorithms sgmrl, maml, emaml (Fallah et al. 2021, eqs. 12-16, 39)."""
 
@@ -251,6 +275,7 @@ _SECTIONS: dict[str, type] = {
     "maml": MamlConfig,
     "bomrl": BomrlConfig,
     "dqn": DqnConfig,
+    "sac": SacConfig,
     "fed": FedConfig,
     "eval": EvalConfig,
     "client": ClientConfig,
@@ -292,6 +317,7 @@ class ExperimentConfig:
     maml: MamlConfig = field(default_factory=MamlConfig)
     bomrl: BomrlConfig = field(default_factory=BomrlConfig)
     dqn: DqnConfig = field(default_factory=DqnConfig)
+    sac: SacConfig = field(default_factory=SacConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
@@ -359,6 +385,7 @@ class ExperimentConfig:
         self._validate_maml()
         self._validate_bomrl()
         self._validate_dqn()
+        self._validate_sac()
         self._validate_fed()
         self._validate_eval()
         self._validate_client()
@@ -404,6 +431,13 @@ class ExperimentConfig:
 
         solver = self.solver
         _choice("solver.name", solver.name, SOLVERS.names())
+        from fedmeta.tasks import TASK_FAMILIES
+
+        kind, discrete = SOLVERS.get(solver.name).policy_kind, TASK_FAMILIES.get(self.task.family).discrete
+        if (kind == "q" and not discrete) or (kind == "sac" and discrete):
+            need = "discrete" if kind == "q" else "continuous (Box)"
+            raise ConfigError(f"solver.name={solver.name!r} needs a task family with {need} actions; "
+                              f"task.family={self.task.family!r} has not")
         _choice("solver.optimizer", solver.optimizer, ["adam", "sgd"])
         _positive("solver.lr", solver.lr)
         _in_range("solver.episodes-per-step", solver.episodes_per_step, 1, MAX_COUNT)
@@ -467,6 +501,19 @@ class ExperimentConfig:
 
         tabular = not self.policy.hidden_sizes.strip() and TASK_FAMILIES.get(self.task.family).discrete
         return "tabular" if tabular else "practical"
+
+    def _validate_sac(self) -> None:
+        sac = self.sac
+        _choice("sac.federate", sac.federate, ["actor-critic", "actor"])
+        _in_range("sac.replay-size", sac.replay_size, 1, 10_000_000)
+        _in_range("sac.batch-size", sac.batch_size, 1, MAX_COUNT)
+        _not_above("sac.batch-size", sac.batch_size, "sac.replay-size", sac.replay_size)
+        _in_range("sac.collect-steps", sac.collect_steps, 1, MAX_COUNT)
+        _in_range("sac.learning-starts", sac.learning_starts, 1, 10_000_000)
+        _positive("sac.critic-lr", sac.critic_lr)
+        _positive("sac.alpha-lr", sac.alpha_lr)
+        _positive("sac.init-alpha", sac.init_alpha)
+        _in_range("sac.tau", sac.tau, 0.0, 1.0)
 
     def _validate_dqn(self) -> None:
         dqn = self.dqn

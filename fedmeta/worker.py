@@ -60,11 +60,11 @@ def resolve_device(requested: str) -> torch.device:
 
 def build_policy(cfg: ExperimentConfig, spec: TaskSpec, seed: int | None = None) -> Policy:
     """The run's policy architecture for ``spec``'s spaces (same for every task of a family);
-    a Q-network when the solver trains one (``policy_kind = "q"``)."""
+    a Q-network or SAC's networks when the solver trains them (``LocalSolver.policy_kind_for``)."""
     env = TASK_FAMILIES.get(spec.family).make_env(spec)
     try:
         return make_policy(env.observation_space, env.action_space, cfg.hidden_sizes, cfg.policy.activation,
-                           cfg.policy.init_std, seed=seed, kind=SOLVERS.get(cfg.solver.name).policy_kind)
+                           cfg.policy.init_std, seed=seed, kind=SOLVERS.get(cfg.solver.name).policy_kind_for(cfg))
     finally:
         env.close()
 

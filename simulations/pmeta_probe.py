@@ -5,7 +5,12 @@ Each round the client receives its own previous upload as the meta-policy (for `
 it keeps w⁰), so this is the algorithm's local loop on one task, not a federated run.  Prints the
 greedy-evaluation undiscounted return of the client's personalized policy every 3 rounds.
 
-    python -m simulations.pmeta_probe pmeta-cartpole pmeta "prox.lam=1.0 prox.outer-lr=0.5"
+    python -m simulations.pmeta_probe pmeta-cartpole pmeta "prox.lam=1.0 prox.outer-lr=0.5" [ROUNDS [TASK]]
+
+ROUNDS (default 12) rounds on training task TASK (default 0: the task with ``task-id`` 0, Table I
+task 1 for the pMeta-RL presets).  The client round is the same code as the ClientApp's
+(:meth:`fedmeta.worker.TaskWorker.train_round` with the same seed streams), so a Flower run of the
+same config gives the same numbers for this task (``tests/test_client_state.py`` pins this).
 """
 
 from __future__ import annotations
@@ -35,4 +40,5 @@ def main(preset: str, algorithm: str, overrides: str = "", rounds: int = 12, tas
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    args = sys.argv[1:]
+    main(*args[:3], *(int(a) for a in args[3:5]))

@@ -51,6 +51,10 @@ def test_flat_round_trip():
         ({"task.family": "half-cheetah-vel", "task.compat": "rllab"}, "task.compat"),
         ({"task.family": "frozen-lake-holes", "task.preset": "medium"}, "high-var, low-var, p0.8"),
         ({"task.family": "sparse-point", "task.reward": "l1"}, "sparse"),
+        ({"task.family": "half-cheetah-vel", "solver.name": "sac", "sac.federate": "critic"}, "choose from actor-critic, actor"),
+        ({"task.family": "half-cheetah-vel", "solver.name": "sac", "sac.tau": 1.5}, "sac.tau"),
+        ({"solver.name": "sac"}, "solver.name='sac' needs a task family with continuous (Box) actions"),
+        ({"task.family": "half-cheetah-vel", "solver.name": "dqn"}, "solver.name='dqn' needs a task family with discrete"),
     ],
 )
 def test_invalid_values_name_the_key_and_the_choices(flat, needle):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from clients.client_app import app
@@ -60,18 +61,25 @@ def test_a_bomrl_train_reply_is_the_shared_models_hypergradient_and_scalars():
 
 
 # ---------------------------------------------------------------- pMeta-RL with DQN: private state
-class _DqnNode:
-    """Task 0 of a pMeta-RL/DQN run on one in-process ClientApp (as the runtime calls it), state on disk."""
+DQN_SMALL = ("pmeta-cartpole", "task.num-clients=2 fed.clients-per-round=2 policy.hidden-sizes='16' prox.local-rounds=15 "
+                                "dqn.replay-size=40 dqn.learning-starts=16 dqn.batch-size=8 dqn.target-update=5")
+SAC_SMALL = ("pmeta-cheetah-vel", "task.num-clients=2 task.num-test-tasks=0 fed.clients-per-round=2 task.horizon=20 "
+                                  "policy.hidden-sizes='16' prox.local-rounds=30 sac.replay-size=40 sac.learning-starts=16 "
+                                  "sac.batch-size=8")
 
-    def __init__(self, state_dir) -> None:
+
+class _DqnNode:
+    """Task 0 of a small pMeta-RL run (DQN, or SAC with ``small=SAC_SMALL``) on one in-process ClientApp
+    (as the runtime calls it), state on disk (or, with ``state_dir`` None, in ``context.state`` only)."""
+
+    def __init__(self, state_dir, algorithm: str = "pmeta", small: tuple[str, str] = DQN_SMALL, extra: str = "") -> None:
         from flwr.app import Context
 
         from clients.client_app import make_app
         from fedmeta.cli import resolve
 
-        self.cfg, flat, _ = resolve("pmeta-cartpole", [
-            f"client.state-dir='{state_dir}' task.num-clients=2 fed.clients-per-round=2 policy.hidden-sizes='16' "
-            "prox.local-rounds=15 dqn.replay-size=40 dqn.learning-starts=16 dqn.batch-size=8 dqn.target-update=5"])
+        disk = f"client.state-dir='{state_dir}' " if state_dir is not None else ""  # None: context.state only
+        self.cfg, flat, _ = resolve(small[0], [f"algorithm='{algorithm}' {disk}{small[1]} {extra}"])
         self.context = Context(run_id=5, node_id=7, node_config={"partition-id": 0}, state=RecordDict(),
                                run_config=flat)
         self.app = make_app()
@@ -93,6 +101,11 @@ class _DqnNode:
         state = ClientState.load(self.context)
         assert state.optimizer is not None and state.personal is not None
         return _load_bytes(state.optimizer)
+
+    def personal(self) -> dict:
+        from clients.state import ClientState
+
+        return ClientState.load(self.context).personal  # type: ignore[return-value]
 
 
 def test_dqn_replay_target_and_optimizer_persist_across_rounds_and_never_leave(tmp_path):
@@ -125,6 +138,92 @@ def test_dqn_replay_target_and_optimizer_persist_across_rounds_and_never_leave(t
         assert set(reply.content.array_records) == {"arrays"} and not reply.content.config_records
         assert {k: tuple(a.shape) for k, a in reply.content["arrays"].items()} == policy_shapes
         assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
+
+
+@pytest.mark.parametrize("small,algorithm,on_disk,extra", [
+    (DQN_SMALL, "independent", True, ""), (DQN_SMALL, "independent", False, ""), (DQN_SMALL, "pmeta", True, ""),
+    (SAC_SMALL, "pmeta", True, ""), (SAC_SMALL, "pmeta", False, "sac.federate='actor'")],
+    ids=["dqn-independent-disk", "dqn-independent-memory", "dqn-pmeta-disk", "sac-pmeta-disk", "sac-actor-memory"])
+def test_the_client_apps_off_policy_rounds_equal_one_uninterrupted_learner(tmp_path, small, algorithm, on_disk, extra):
+    """Every private piece (φ_i, the replay buffer with its priorities and write position, the target
+    network, the Adam moments, the ε-schedule and target-update counters) survives the ClientApp's
+    rounds (``context.state``, or the on-disk generations) exactly: three rounds through the real
+    ClientApp leave the same uploads, metrics and private state as one client algorithm object that
+    keeps everything in memory and is never serialized (the buffer wraps: replay-size 40).  A piece
+    lost, re-created or reordered between rounds (a fresh optimizer, an emptied or reshuffled buffer,
+    a reset counter) breaks the equality from round 2 on."""
+    from fedmeta.algorithms import PrivateState
+    from fedmeta.records import record_to_arrays
+    from fedmeta.worker import TaskWorker, _load_bytes, initial_meta_policy, tasks_of, to_numpy, to_torch
+
+    node = _DqnNode(tmp_path if on_disk else None, algorithm, small, extra)
+    meta = initial_meta_policy(node.cfg)
+    live = TaskWorker(node.cfg, tasks_of(node.cfg)[0][0], torch.device("cpu"))
+    state = PrivateState()
+    with live:
+        for server_round in (1, 2, 3):
+            reply = node.train(server_round)
+            live.solver.collector.restart()  # episodes do not continue across rounds (each round starts from resets)
+            upload, state, report = live.algorithm.train(live.venv, live.spec.horizon, to_torch(meta, live.device),
+                                                         state, live._stream(server_round, "train"))
+            assert nested_equal(record_to_arrays(reply.content["arrays"]), to_numpy(upload))
+            assert {k: v for k, v in reply.content["metrics"].items() if k != "task-id"} == report.as_metrics()
+            assert nested_equal(node.personal(), to_numpy(state.personal))
+            optimizers, solver = node.private()
+            assert nested_equal(optimizers, state.optimizers) and nested_equal(solver, live.solver.state_dict())
+    assert solver["replay"]["size"] == 40 and solver["grad_steps"] > 30 and solver["env_steps"] > 40
+
+
+@pytest.mark.parametrize("federate", ["actor-critic", "actor"])
+def test_sac_private_state_persists_across_rounds_and_never_leaves(tmp_path, federate):
+    """The SAC client's replay buffer, target critics, temperature (and its Adam state), private critics
+    (``sac.federate='actor'``) and counters carry over between rounds; a reply holds only the federated
+    model's arrays (the actor, plus the critics when federated) and scalars."""
+    from fedmeta.results import client_state_path
+    from fedmeta.worker import initial_meta_policy
+
+    node = _DqnNode(tmp_path, "pmeta", SAC_SMALL, f"sac.federate='{federate}'")
+    policy_shapes = {k: v.shape for k, v in initial_meta_policy(node.cfg).items()}
+    assert any(k.startswith("critic.") for k in policy_shapes) == (federate == "actor-critic")
+    replies = [node.train(1)]
+    optimizers, solver = node.private()
+    first = replies[0].content["metrics"]
+    assert solver["env_steps"] == first["num-env-steps"] and solver["grad_steps"] == first["inner-steps"] > 0
+    assert int(solver["alpha_optimizer"]["state"][0]["step"]) == first["inner-steps"]
+    assert ("critic" in solver) == (federate == "actor")
+    alpha_1, target_1 = solver["log_alpha"].clone(), {k: v.clone() for k, v in solver["target"].items()}
+
+    replies.append(node.train(2))
+    optimizers, solver = node.private()
+    second = replies[1].content["metrics"]
+    assert solver["env_steps"] == first["num-env-steps"] + second["num-env-steps"]
+    assert solver["grad_steps"] == first["inner-steps"] + second["inner-steps"]
+    assert int(solver["alpha_optimizer"]["state"][0]["step"]) == solver["grad_steps"]
+    assert int(optimizers["personal"]["state"][0]["step"]) == solver["grad_steps"]  # the actor's Adam moments
+    if federate == "actor":
+        assert int(solver["critic_optimizer"]["state"][0]["step"]) == solver["grad_steps"]
+    assert solver["replay"]["size"] == 40 and not torch_equal(alpha_1, solver["log_alpha"])
+    assert any(not torch_equal(target_1[k], solver["target"][k]) for k in target_1)
+    assert client_state_path(tmp_path, 5, 0).is_file()
+
+    for reply in replies:
+        assert contract_violation(reply) is None
+        assert set(reply.content.array_records) == {"arrays"} and not reply.content.config_records
+        assert {k: tuple(a.shape) for k, a in reply.content["arrays"].items()} == policy_shapes
+        assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
+
+
+def nested_equal(a, b) -> bool:
+    """Exact equality of nested dicts / lists / tensors / arrays / scalars."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(nested_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(nested_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch_equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and np.array_equal(a, b)
+    return a == b
 
 
 def torch_equal(a, b) -> bool:

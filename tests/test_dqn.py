@@ -96,9 +96,16 @@ def test_replay_is_bounded_and_round_trips_oldest_first():
     smaller = ReplayBuffer(5, 1, True, 0.5, 1.0)
     smaller.load_state_dict(buf.state_dict())  # a smaller replay-size keeps the newest
     assert len(smaller) == 5 and smaller.obs[:, 0].tolist() == [6, 7, 8, 9, 10]
-    same = ReplayBuffer(8, 1, True, 0.5, 1.0)
+    same = ReplayBuffer(8, 1, True, 0.5, 1.0)  # the same replay-size: slot for slot, with its write position
     same.load_state_dict(buf.state_dict())
-    assert same.obs[:, 0].tolist() == list(range(3, 11)) and same.pos == 0  # the next add overwrites the oldest
+    assert np.array_equal(same.obs, buf.obs) and same.pos == buf.pos == 3
+    assert np.array_equal(same.sample(6, np.random.default_rng(2)).indices, buf.sample(6, np.random.default_rng(2)).indices)
+    larger = ReplayBuffer(10, 1, True, 0.5, 1.0)  # a larger one: oldest first, the next add after the newest
+    larger.load_state_dict(buf.state_dict())
+    assert larger.obs[:8, 0].tolist() == list(range(3, 11)) and (len(larger), larger.pos) == (8, 8)
+    partial = ReplayBuffer(8, 1, True, 0.5, 1.0)
+    partial.load_state_dict(_buffer(5, capacity=8).state_dict())  # not wrapped: as saved
+    assert partial.obs[:5, 0].tolist() == list(range(5)) and (len(partial), partial.pos) == (5, 5)
 
 
 def test_epsilon_schedule_is_linear_then_flat():

@@ -55,6 +55,11 @@ class LocalSolver(ABC):
         self.optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
+    def policy_kind_for(cls, cfg: ExperimentConfig) -> str:
+        """The policy (federated model) this solver trains under ``cfg`` (default: ``policy_kind``)."""
+        return cls.policy_kind
+
+    @classmethod
     def from_config(cls, policy: Policy, cfg: ExperimentConfig, device: torch.device) -> LocalSolver:
         """Build the solver from the run's config (a solver with a config section of its own overrides this)."""
         return cls(policy, cfg.solver, device)

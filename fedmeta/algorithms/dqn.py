@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from fedmeta.algorithms.base import SOLVERS, LocalSolver, SolveStats
+from fedmeta.algorithms.offpolicy import Behaviour, TransitionCollector
 from fedmeta.algorithms.prox import moreau_penalty
 from fedmeta.algorithms.replay import ReplayBatch, ReplayBuffer
 from fedmeta.config import DqnConfig, ExperimentConfig, SolverConfig
@@ -98,10 +99,7 @@ class DQNSolver(LocalSolver):
         self.target: QNetwork | None = None
         self.env_steps = 0  # this client's env steps, all rounds (the ε-schedule position)
         self.grad_steps = 0  # this client's gradient steps, all rounds (the target-update clock)
-        self._obs: np.ndarray | None = None  # the envs' current observations within a round
-        self._alive = np.zeros(0, dtype=bool)
-        self._running = np.zeros(0)
-        self._finished: list[float] = []
+        self.collector = TransitionCollector()  # the envs' running episodes within a round
 
     @classmethod
     def from_config(cls, policy: Any, cfg: ExperimentConfig, device: torch.device) -> DQNSolver:
@@ -135,10 +133,8 @@ class DQNSolver(LocalSolver):
         self.env_steps = int(state.get("env_steps", 0))
         self.grad_steps = int(state.get("grad_steps", 0))
         if "replay" in state:
-            obs_dim = int(state["replay"]["obs"].shape[1])
             d = self.dqn
-            self.replay = ReplayBuffer(d.replay_size, obs_dim, d.prioritized, d.alpha, d.beta)
-            self.replay.load_state_dict(state["replay"])
+            self.replay = ReplayBuffer.like(state["replay"], d.replay_size, d.prioritized, d.alpha, d.beta)
         if "target" in state:
             self.target = self._copy_of_policy()
             self.target.load_state_dict(state["target"])
@@ -149,29 +145,13 @@ class DQNSolver(LocalSolver):
             q = self.policy.q_values(torch.as_tensor(obs, dtype=torch.float32, device=self.device))  # type: ignore[union-attr]
         return q.argmax(-1).cpu().numpy()
 
-    def _collect_step(self, venv: gym.vector.VectorEnv, rng: np.random.Generator) -> int:
-        """One ε-greedy step of every running env into the replay buffer; the env steps taken."""
-        assert self.replay is not None
-        if self._obs is None:
-            seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=venv.num_envs)]
-            self._obs, _ = venv.reset(seed=seeds)
-            self._alive = np.ones(venv.num_envs, dtype=bool)
-            self._running = np.zeros(venv.num_envs)
-        num_actions = int(venv.single_action_space.n)  # type: ignore[attr-defined]
-        explore = rng.random(venv.num_envs) < epsilon(self.env_steps, self.dqn)
-        actions = np.where(explore, rng.integers(num_actions, size=venv.num_envs), self._greedy(self._obs))
-        next_obs, rewards, terminated, truncated, _ = venv.step(actions)
-        alive = self._alive
-        self.replay.add(self._obs[alive], actions[alive], rewards[alive], next_obs[alive],
-                        np.asarray(terminated, dtype=np.float32)[alive])
-        self._running[alive] += rewards[alive]
-        ended = alive & (np.asarray(terminated) | np.asarray(truncated))
-        self._finished.extend(self._running[ended].tolist())
-        self._alive = alive & ~ended
-        self._obs = next_obs if self._alive.any() else None
-        taken = int(alive.sum())
-        self.env_steps += taken
-        return taken
+    def _behaviour(self, num_actions: int) -> Behaviour:
+        """ε-greedy in the online Q-network at this client's ε-schedule position."""
+        def act(obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            explore = rng.random(len(obs)) < epsilon(self.env_steps, self.dqn)
+            actions = np.where(explore, rng.integers(num_actions, size=len(obs)), self._greedy(obs))
+            return actions, actions
+        return act
 
     # ----------------------------------------------------------------- update
     def improve(self, venv: gym.vector.VectorEnv, horizon: int, anchor: Mapping[str, torch.Tensor] | None,
@@ -188,16 +168,18 @@ class DQNSolver(LocalSolver):
             self.optimizer = self.make_optimizer()
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD9]))
         stats = SolveStats(grad_norm=0.0)
-        self._finished = []
+        self.collector.finished = []
+        behaviour = self._behaviour(int(venv.single_action_space.n))  # type: ignore[attr-defined]
         for _ in range(steps):
             for _ in range(self.dqn.collect_steps):
-                stats.env_steps += self._collect_step(venv, rng)
+                taken = self.collector.step(venv, rng, behaviour, self.replay)
+                self.env_steps += taken
+                stats.env_steps += taken
             if len(self.replay) < max(self.dqn.learning_starts, 1):
                 continue
             stats.grad_norm = self._gradient_step(self.replay.sample(self.dqn.batch_size, rng), anchor, lam)
             stats.steps += 1
-        returns = self._finished or (self._running[self._alive].tolist() if self._obs is not None else [])
-        stats.batch_return = float(np.mean(returns)) if returns else 0.0
+        stats.batch_return = self.collector.mean_return()
         return stats
 
     def _gradient_step(self, batch: ReplayBatch, anchor: Mapping[str, torch.Tensor] | None, lam: float) -> float:

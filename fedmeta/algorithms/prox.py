@@ -27,9 +27,10 @@ def detached_params(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in module.named_parameters()}
 
 
-def moreau_penalty(module: nn.Module, anchor: Mapping[str, torch.Tensor], lam: float) -> torch.Tensor:
-    """λ/2 Σ‖θ − w‖² over the module's parameters (squared norm); its gradient is λ(θ − w)."""
-    terms = [(p - anchor[name]).pow(2).sum() for name, p in module.named_parameters()]
+def moreau_penalty(module: nn.Module, anchor: Mapping[str, torch.Tensor], lam: float, prefix: str = "") -> torch.Tensor:
+    """λ/2 Σ‖θ − w‖² over the module's parameters (squared norm); its gradient is λ(θ − w).
+    ``prefix``: ``module`` is the submodule of that name of the model ``anchor`` holds (e.g. ``"actor."``)."""
+    terms = [(p - anchor[prefix + name]).pow(2).sum() for name, p in module.named_parameters()]
     return 0.5 * lam * torch.stack(terms).sum()
 
 

@@ -40,11 +40,13 @@ class ReplayBuffer:
     """A ring buffer of ``capacity`` transitions with optional proportional priorities."""
 
     def __init__(self, capacity: int, obs_dim: int, prioritized: bool = True, alpha: float = 0.6,
-                 beta: float = 0.4) -> None:
+                 beta: float = 0.4, action_dim: int = 0) -> None:
+        """``action_dim`` 0: discrete actions (int64 indices); > 0: continuous action vectors (float32)."""
         self.capacity, self.prioritized, self.alpha, self.beta = capacity, prioritized, alpha, beta
         self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros(capacity, dtype=np.int64)
+        self.actions = (np.zeros((capacity, action_dim), dtype=np.float32) if action_dim > 0
+                        else np.zeros(capacity, dtype=np.int64))
         self.rewards = np.zeros(capacity, dtype=np.float32)
         self.terminated = np.zeros(capacity, dtype=np.float32)
         self.priority_alpha = np.zeros(capacity, dtype=np.float64)  # p_j^α
@@ -94,6 +96,16 @@ class ReplayBuffer:
         self.max_priority = max(self.max_priority, float(priorities.max()))
 
     # --------------------------------------------------------------- persistence
+    @classmethod
+    def like(cls, state: dict, capacity: int, prioritized: bool = True, alpha: float = 0.6,
+             beta: float = 0.4) -> ReplayBuffer:
+        """An empty buffer for the transitions of a saved :meth:`state_dict`, filled from it."""
+        actions = state["actions"]
+        buf = cls(capacity, int(state["obs"].shape[1]), prioritized, alpha, beta,
+                  int(actions.shape[1]) if actions.dim() == 2 else 0)
+        buf.load_state_dict(state)
+        return buf
+
     def state_dict(self) -> dict[str, torch.Tensor | int | float]:
         """The stored transitions only (not the empty tail), as tensors."""
         n = self.size
@@ -104,13 +116,23 @@ class ReplayBuffer:
                 "pos": self.pos, "size": n, "max_priority": self.max_priority}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a buffer saved by :meth:`state_dict`; a larger saved buffer keeps its newest ``capacity``."""
+        """Restore a buffer saved by :meth:`state_dict`.
+
+        A buffer that fits as saved (not wrapped, or wrapped at this capacity) is restored slot for
+        slot with its write position, so it samples exactly as the saved one would have; otherwise
+        (a different ``replay-size``) the transitions are laid out oldest first and a larger saved
+        buffer keeps its newest ``capacity``.
+        """
         n = int(state["size"])
         pos = int(state["pos"])
-        order = (np.arange(n) + pos) % n if pos < n else np.arange(n)  # oldest first (a full ring starts at pos)
-        keep = order[-self.capacity:]
-        m = len(keep)
+        wrapped = pos < n  # a full ring: the oldest transition is at pos
+        if n <= self.capacity and (not wrapped or n == self.capacity):
+            keep, next_pos = np.arange(n), pos % self.capacity
+        else:
+            order = (np.arange(n) + pos) % n if wrapped else np.arange(n)  # oldest first
+            keep = order[-self.capacity:]
+            next_pos = len(keep) % self.capacity
         for name in ("obs", "next_obs", "actions", "rewards", "terminated", "priority_alpha"):
-            getattr(self, name)[:m] = state[name].numpy()[keep]
-        self.size, self.pos = m, m % self.capacity
+            getattr(self, name)[:len(keep)] = state[name].numpy()[keep]
+        self.size, self.pos = len(keep), next_pos
         self.max_priority = float(state["max_priority"])

@@ -140,7 +140,8 @@ def make_policy(observation_space: gym.Space, action_space: gym.Space, hidden_si
     """Build the policy for a task's single-env spaces; ``seed`` fixes the initial weights.
 
     ``kind`` ``"stochastic"``: softmax / Gaussian policy; ``"q"``: a greedy Q-network
-    (:class:`fedmeta.policies.q.QNetwork`, value-based solvers; discrete actions only).
+    (:class:`fedmeta.policies.q.QNetwork`, value-based solvers; discrete actions only); ``"sac"`` /
+    ``"sac-actor"``: SAC's actor with / without the twin critics (:class:`fedmeta.policies.sac.SACPolicy`).
     """
     if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
         raise ValueError(f"fedmeta MLP policies need a flat Box observation space, got {observation_space}")
@@ -149,6 +150,13 @@ def make_policy(observation_space: gym.Space, action_space: gym.Space, hidden_si
     if seed is not None:
         torch.manual_seed(seed)
     try:
+        if kind in ("sac", "sac-actor"):
+            from fedmeta.policies.sac import SACPolicy
+
+            if not (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1):
+                raise ValueError(f"a SAC policy needs flat Box actions, got {action_space}")
+            return SACPolicy(obs_dim, int(action_space.shape[0]), action_space.low, action_space.high,  # type: ignore[return-value]
+                             hidden_sizes, activation, critics=kind == "sac")
         if kind == "q":
             from fedmeta.policies.q import QNetwork
 
