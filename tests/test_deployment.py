@@ -4,56 +4,25 @@ held-out (test) SuperNode, one rogue SuperNode whose declared task differs from 
 away at discovery) and one SuperNode whose key was never registered (refused by the SuperLink).
 
 Runs the README's deployment commands for real (``fedmeta certs``, ``flower-superlink``,
-``flwr supernode register``, ``flower-supernode``, ``flwr run . deploy``), checks that the run
+``flwr supernode register``, ``fedmeta supernode``, ``flwr run . deploy``), checks that the run
 completed with three clients, and ends every process it started (and their descendants) by PID.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from fedmeta import procs
+from fedmeta.loopback import BIN, flwr_env
+from fedmeta.loopback import free_port as _free_port  # shared with benchmarks/deployment.py
+from fedmeta.loopback import wait_online as _wait_online
+from fedmeta.loopback import wait_port as _wait_port
 from fedmeta.results import read_jsonl
 from fedmeta.tasks import TaskSpec, task_split
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def _wait_online(env: dict[str, str], cwd: Path, count: int, timeout: float = 60.0) -> None:
-    """Wait until the SuperLink lists ``count`` online SuperNodes (so discovery sees the rogue node too)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        listing = subprocess.run([str(BIN / "flwr"), "supernode", "list", "deploy"], cwd=cwd, env=env,
-                                 capture_output=True, text=True, timeout=60)
-        if listing.stdout.lower().count("online") >= count:
-            return
-        time.sleep(1.0)
-    raise TimeoutError(f"fewer than {count} SuperNodes online after {timeout:.0f}s:\n{listing.stdout}")
-
 
 def _node_configs() -> list[str]:
     """A rogue node first (it declares training task 2 with another goal and must be turned away),
@@ -78,8 +47,7 @@ def test_secure_superlink_and_supernodes_on_loopback(tmp_path, root):
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\n'
         f'root-certificates = "{tls / "ca.crt"}"\n')
-    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "PYTHONPATH": str(root), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = flwr_env(flwr_home, root)
     logs = tmp_path / "logs"
     logs.mkdir()
     started: list[subprocess.Popen] = []
@@ -104,8 +72,8 @@ def test_secure_superlink_and_supernodes_on_loopback(tmp_path, root):
             assert reg.returncode == 0, out
         # node i has key node-i; the last key (node-N) was never registered
         for i, node_config in enumerate([*node_configs, 'task-id=0 device="cpu"']):
-            start(f"supernode{i}", [
-                str(BIN / "flower-supernode"), "--root-certificates", str(tls / "ca.crt"),
+            start(f"supernode{i}", [  # the README's SuperNode command: fedmeta supernode = flower-supernode, faster
+                str(BIN / "fedmeta"), "supernode", "--root-certificates", str(tls / "ca.crt"),
                 "--superlink", f"127.0.0.1:{link_port}", "--auth-supernode-private-key", str(tls / f"node-{i}"),
                 "--max-retries", "2", "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config])
         _wait_online(env, tmp_path, len(node_configs))
