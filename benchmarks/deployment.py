@@ -25,8 +25,10 @@ SuperNodes' log lines (stamped when read) and the round's ``seconds`` in ``round
 - **between**: the round's row -> the next round's start.
 
 Also the CPU time of every process the setup started (SuperLink, SuperNodes and all their
-descendants, zombies included): per round of the run (start-up, discovery and the final
-evaluation spread over the rounds) and while idle (nodes online, no run, 10 s: the polls).  Usage::
+descendants, zombies included): **CPU** per training round (sampled when the rows appear) and of
+that **CPU link**, the SuperLink's tree (SuperLink, its SuperExec, the ServerApp); per round of
+the whole ``flwr run`` (start-up, discovery and the final evaluation spread over the rounds);
+and while idle (nodes online, no run, 10 s: the polls).  Usage::
 
     .venv/bin/python benchmarks/deployment.py [--rounds 6] [--repeats 1] [--run-config "..."]
 
@@ -79,16 +81,39 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def watch_rows(path: Path, stop: threading.Event, seen: list[tuple[float, dict]]) -> None:
-    """Append (time first seen, row) for each complete line of ``path`` until ``stop``."""
+def process_cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (own and reaped children's) of each process in ``pids``' trees, by command line."""
+    out: dict[str, float] = {}
+    for pid in {*pids, *(d for p in pids for d in procs.descendants(p))}:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        out[f"{pid} {cmd[:110]}"] = sum(int(x) for x in fields[11:15]) / _CLK
+    return out
+
+
+PER_PROCESS: list = []  # with --per-process: (rows so far, process_cpu) at each new row
+
+
+def watch_rows(path: Path, stop: threading.Event, seen: list[tuple[float, dict, float, float]],
+               pids: list[int]) -> None:
+    """Append (time first seen, row, CPU seconds of ``pids``' trees, of ``pids[0]``'s tree) for each
+    complete line of ``path`` until ``stop``."""
     done = 0
     while not stop.is_set():
         if path.exists():
             text = path.read_text()
             lines = text[:text.rfind("\n") + 1].splitlines()
             now = time.time()
+            if len(lines) > done:
+                cpu, link = cpu_seconds(pids), cpu_seconds(pids[:1])
+                if PER_PROCESS:
+                    PER_PROCESS.append((len(lines), process_cpu(pids)))
             for line in lines[done:]:
-                seen.append((now, json.loads(line)))
+                seen.append((now, json.loads(line), cpu, link))
             done = len(lines)
         time.sleep(0.01)
 
@@ -139,11 +164,9 @@ def run_setup(name: str, rounds: int, extra: str, poll: float | None, keep: Path
         run_dir = tmp / "run"
         p = Processes(tmp, env, tmp / "logs")
         stop, seen = threading.Event(), []
-        watcher = threading.Thread(target=watch_rows, args=(run_dir / "rounds.jsonl", stop, seen), daemon=True)
         try:
             p.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
-                                  str(port), "--disable-runtime-dependency-installation",
-                                  "--database", str(tmp / "state.db")])
+                                  str(port), "--disable-runtime-dependency-installation"])  # in-memory state
             wait_port(port)
             node = SETUPS[name]() + (["--poll-interval", str(poll)] if name == "new" and poll else [])
             for i in range(3):
@@ -151,8 +174,10 @@ def run_setup(name: str, rounds: int, extra: str, poll: float | None, keep: Path
                                      "--port", str(free_port()), "--node-config", f'task-id={i} device="cpu"'],
                         stamp=True)
             wait_online(env, tmp, 3)
-            watcher.start()
             pids = [q.pid for q in p.started.values()]
+            watcher = threading.Thread(target=watch_rows, args=(run_dir / "rounds.jsonl", stop, seen, pids),
+                                       daemon=True)
+            watcher.start()
             deadline = time.monotonic() + 180
             while not all("Starting Flower SuperExec" in p.log(f"node{i}") for i in range(3)):  # imports done
                 if time.monotonic() > deadline:
@@ -161,7 +186,7 @@ def run_setup(name: str, rounds: int, extra: str, poll: float | None, keep: Path
             time.sleep(2.0)
             idle0 = cpu_seconds(pids)
             time.sleep(IDLE)
-            cpu0, t0 = cpu_seconds(pids), time.time()
+            link0, cpu0, t0 = cpu_seconds(pids[:1]), cpu_seconds(pids), time.time()
             idle = (cpu0 - idle0) / IDLE
             overrides = f"num-server-rounds={rounds} fed.round-timeout=120 run-dir='{run_dir}' {extra}"
             proc = p.start("flwr-run", [str(BIN / "flwr"), "run", str(ROOT), "deploy", "--stream",
@@ -169,7 +194,7 @@ def run_setup(name: str, rounds: int, extra: str, poll: float | None, keep: Path
             proc.wait(timeout=60 + 60 * rounds)
             total = time.time() - t0
             time.sleep(0.1)
-            cpu = cpu_seconds(pids) - cpu0
+            cpu, link = cpu_seconds(pids) - cpu0, cpu_seconds(pids[:1]) - link0
             if proc.returncode != 0 or not (run_dir / "summary.json").exists():
                 raise RuntimeError(f"{name}: flwr run failed ({proc.returncode}):\n{p.log('flwr-run')[-3000:]}")
         finally:
@@ -181,20 +206,22 @@ def run_setup(name: str, rounds: int, extra: str, poll: float | None, keep: Path
             shutil.copytree(run_dir, keep / f"{name}-{int(time.time())}" / "run")
         handler = {(int(r["round"]), r["phase"]): s for r, s in replay(run_dir)}
     return {"seen": seen, "nodes": [node_events(log) for log in logs], "handler": handler, "total": total,
-            "cpu": cpu, "idle": idle}
+            "cpu": cpu, "link": link, "idle": idle}
 
 
 def breakdown(result: dict, rounds: int) -> dict[str, list[float]]:
     """Per round 2..rounds-1 (training only): wall and its parts (see the module docstring)."""
     ends: dict[int, float] = {}
     train: dict[int, tuple[float, dict]] = {}
-    for t, row in result["seen"]:
+    cpu: dict[int, tuple[float, float]] = {}
+    for t, row, total, link in result["seen"]:
         ends[int(row["round"])] = t
+        cpu[int(row["round"])] = (total, link)
         if row["phase"] == "train":
             train[int(row["round"])] = (t, row)
-    events = train_events(result["nodes"], [row for _, row in result["seen"]])
+    events = train_events(result["nodes"], [row for _, row, _, _ in result["seen"]])
     out: dict[str, list[float]] = {k: [] for k in ("wall", "pickup", "start", "app+handler", "handler", "reply",
-                                                   "between")}
+                                                   "between", "CPU", "CPU link")}
     for r in range(2, rounds):
         t_row, row = train[r]
         start = t_row - float(row["seconds"])
@@ -202,6 +229,8 @@ def breakdown(result: dict, rounds: int) -> dict[str, list[float]]:
         if not evs or r + 1 not in train:
             continue
         out["wall"].append(ends[r] - ends[r - 1])
+        out["CPU"].append(cpu[r][0] - cpu[r - 1][0])
+        out["CPU link"].append(cpu[r][1] - cpu[r - 1][1])
         out["pickup"].append(statistics.mean(e["recv"] - start for e in evs))
         out["start"].append(statistics.mean(e["start"] - e["recv"] for e in evs))
         out["app+handler"].append(statistics.mean(e["send"] - e["start"] for e in evs))
@@ -223,10 +252,14 @@ def main() -> None:
     ap.add_argument("--poll-interval", type=float, default=None, help="fedmeta supernode --poll-interval")
     ap.add_argument("--run-config", default="", help="more overrides for flwr run")
     ap.add_argument("--setups", default="old,new", help="comma-separated, of: " + ", ".join(SETUPS))
+    ap.add_argument("--per-process", action="store_true",
+                    help="print each process's CPU seconds between the first and the last row")
     ap.add_argument("--keep", type=Path, help="copy each run's logs and results directory into this directory")
     args = ap.parse_args()
     print(f"{datetime.now().isoformat(timespec='seconds')}  load (1/5/15 min) {load()}  cores {os.cpu_count()}  "
           f"rounds {args.rounds}", flush=True)
+    if args.per_process:
+        PER_PROCESS.append((0, {}))
     setups = [name for name in args.setups.split(",") if name]
     if not setups or set(setups) - set(SETUPS):
         ap.error(f"--setups {args.setups!r}: choose from {', '.join(SETUPS)}")
@@ -239,15 +272,21 @@ def main() -> None:
             for key, values in b.items():
                 parts[name].setdefault(key, []).extend(values)
             totals[name].append(res["total"])
+            if len(PER_PROCESS) > 2:
+                (n0, first), (n1, last) = PER_PROCESS[1], PER_PROCESS[-1]
+                print(f"CPU seconds per process between rows {n0} and {n1}:")
+                for key in sorted(last, key=lambda k: -(last[k] - first.get(k, 0.0))):
+                    print(f"  {last[key] - first.get(key, 0.0):7.2f}  {key}")
+                del PER_PROCESS[1:]
             cpu_round = res["cpu"] / args.rounds
             print(f"repeat {rep} {name}: flwr run {res['total']:.1f} s; rounds 2-{args.rounds - 1} wall "
-                  + ", ".join(f"{w:.2f}" for w in b["wall"]) + f" s; CPU {cpu_round:.2f} s/round, idle {100 * res['idle']:.0f}% of a core (all processes); "
+                  + ", ".join(f"{w:.2f}" for w in b["wall"]) + f" s; CPU {cpu_round:.2f} s/round ({res['link'] / args.rounds:.2f} SuperLink + ServerApp), idle {100 * res['idle']:.0f}% of a core (all processes); "
                   f"load {load()}", flush=True)
     print("\nmean seconds per training round (rounds 2..N-1, all repeats; per sampled client where it applies)")
     keys = list(parts[setups[0]])
-    print(f"{'setup':<6}" + "".join(f"{k:>13}" for k in keys))
+    print(f"{'setup':<6}" + "".join(f"{k:>12}" for k in keys))
     for name in setups:
-        print(f"{name:<6}" + "".join(f"{statistics.mean(parts[name][k]):>13.2f}" if parts[name][k] else f"{'-':>13}"
+        print(f"{name:<6}" + "".join(f"{statistics.mean(parts[name][k]):>12.2f}" if parts[name][k] else f"{'-':>12}"
                                      for k in keys))
     if set(setups) != {"old", "new"}:
         return

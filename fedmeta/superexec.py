@@ -5,7 +5,8 @@ Flower's SuperExec (``flower-superexec``) starts every message's ClientApp as a 
 handler runs (~3 s of a 2-core machine per message).  ``python -m fedmeta.superexec ARGS`` is
 ``flower-superexec ARGS`` (the same arguments, loop, task acquisition and tokens), except that it
 polls as :class:`fedmeta.node_polling.ActivePolling` (``--poll-interval``, 1 s when idle),
-imports those libraries once (:data:`PRELOAD`) and starts each task's ClientApp with
+imports those libraries once (:data:`PRELOAD`), retries a message's objects sooner
+(:func:`fedmeta.polling.retry_objects_sooner`) and starts each task's ClientApp with
 ``os.fork()``: the child runs Flower's ``flwr-clientapp`` code (``run_clientapp``) with the task's
 token and exits.  The app itself (``clients``, ``fedmeta``) is not preloaded: each child still
 loads it from the run's FAB, as ``flwr-clientapp`` does, so every run uses its own app code.
@@ -39,16 +40,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedmeta.node_polling import ActivePolling, parse_poll_interval, time_module
+from fedmeta.polling import retry_objects_sooner
 
 #: imported once in the SuperExec process, before any task: what a cold ``flwr-clientapp`` spends
 #: its start-up on (torch alone ~2 s; ``torch._dynamo``, ~1.5 s, is imported by the first
 #: ``torch.optim`` optimizer a handler builds)
 PRELOAD = ("numpy", "torch", "torch._dynamo", "gymnasium", "mujoco", "flwr.app", "flwr.clientapp",
            "flwr.supernode.runtime.run_clientapp")
-#: a ClientApp's first retry when it asks for the message's objects before its SuperNode has
-#: them (Flower: 1 s, doubling): a forked ClientApp starts before the SuperNode has finished
-#: receiving the message, and waited 1-3 s there
-FIRST_PULL_RETRY = 0.05
 #: the app's own packages: this process imports ``fedmeta`` (it is one of its modules); a forked
 #: ClientApp forgets them, so that it loads the app's code from the run's FAB as a fresh
 #: ``flwr-clientapp`` does
@@ -71,16 +69,6 @@ def forget_modules(packages: Sequence[str]) -> None:
     for name in list(sys.modules):
         if name.split(".")[0] in packages:
             del sys.modules[name]
-
-
-def retry_pulls_sooner(first_retry: float = FIRST_PULL_RETRY) -> None:
-    """ClientApps started from this process retry a pull of the message's objects after
-    ``first_retry`` seconds (doubling up to Flower's cap), not after Flower's 1 s."""
-    from flwr.supernode.runtime import run_clientapp as module
-
-    pull = module.pull_and_inflate_object_from_tree
-    pull = getattr(pull, "func", pull)  # not twice
-    module.pull_and_inflate_object_from_tree = functools.partial(pull, initial_backoff=first_retry)  # type: ignore[attr-defined]
 
 
 class ForkExecutor:
@@ -174,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ``S`` seconds within 10 s of the last task, else backing off to Flower's 1 s."""
     interval, rest = parse_poll_interval(sys.argv[1:] if argv is None else argv, "fedmeta.superexec")
     preload()
-    retry_pulls_sooner()
+    from flwr.supernode.runtime import run_clientapp as clientapp
+
+    retry_objects_sooner(clientapp, "pull_and_inflate_object_from_tree")
     from flwr.supercore.cli.flower_superexec import flower_superexec
 
     polling = ActivePolling(interval, FLOWER_TASK_POLL)

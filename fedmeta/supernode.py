@@ -12,12 +12,13 @@ A message to a SuperNode waited, in Flower 1.42, on (``benchmarks/deployment.py`
 the same arguments (TLS, ``--auth-supernode-private-key``, ``--node-config``, exit codes) except
 that, while a run is active (:class:`fedmeta.node_polling.ActivePolling`: within 10 s of its
 last message), it polls every ``S`` seconds (default 0.2) and waits for replies in steps of ``S``;
-when idle it backs off to Flower's 3 s.  Its SuperExec is :mod:`fedmeta.superexec` (ClientApps
+when idle it backs off to Flower's 3 s; it retries a message's objects that the SuperLink does
+not have yet after 0.05 s, not 1 s (:func:`fedmeta.polling.retry_objects_sooner`).  Its SuperExec is :mod:`fedmeta.superexec` (ClientApps
 forked from a process that has imported the libraries, polling likewise, 1 s when idle).
 
 Flower internals relied on (``flwr`` 1.42; ``tests/test_supernode.py`` pins them):
 ``flwr.supernode.start_client_internal`` calls ``time.sleep`` (3 s idle, 0.5 s reply waits),
-``_pull_and_store_message`` (a run id when a message arrived, else None) and starts the
+``pull_objects(..., initial_backoff=...)``, ``_pull_and_store_message`` (a run id when a message arrived, else None) and starts the
 SuperExec with ``subprocess.Popen(["flower-superexec", ...])`` (``--isolation subprocess``, the
 default), all looked up in its module globals.
 """
@@ -33,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedmeta.node_polling import DEFAULT_INTERVAL, ActivePolling, parse_poll_interval, time_module
+from fedmeta.polling import retry_objects_sooner
 
 FLOWER_IDLE_POLL = 3.0  # seconds an idle Flower SuperNode sleeps between asking for messages
 
@@ -59,6 +61,7 @@ def patch_supernode(interval: float) -> ActivePolling:
             time.sleep(min(seconds, interval))
 
     loop.time = time_module(sleep)  # type: ignore[attr-defined]
+    retry_objects_sooner(loop, "pull_objects")
     pull = getattr(loop._pull_and_store_message, "flower", loop._pull_and_store_message)
 
     def pull_and_store(*args: Any, **kwargs: Any) -> int | None:

@@ -74,7 +74,7 @@ def test_flower_supernode_internals_it_patches(monkeypatch):
     assert "run_id = _pull_and_store_message(" in source and "if run_id is None:" in source
     assert "time.sleep(3)" in source and "time.sleep(0.5)" in source
     assert 'command = ["flower-superexec"]' in source and "subprocess.Popen(command)" in source
-    for name in ("time", "subprocess", "_pull_and_store_message"):
+    for name in ("time", "subprocess", "_pull_and_store_message", "pull_objects"):
         monkeypatch.setattr(loop, name, getattr(loop, name))
     flowers = lambda *a, **k: k.get("got")  # noqa: E731 - stands for Flower's: a run id, or None
     monkeypatch.setattr(loop, "_pull_and_store_message", flowers)
@@ -112,19 +112,31 @@ def test_flower_superexec_internals_it_replaces():
     assert LaunchResult.accepted().status == "accepted"
 
 
-def test_forked_clientapps_retry_pulls_sooner(monkeypatch):
-    """A ClientApp pulls its message with ``run_clientapp``'s module-level
-    ``pull_and_inflate_object_from_tree(..., initial_backoff=...)`` (Flower: 1 s)."""
-    from flwr.supernode.runtime import run_clientapp as module
+def test_object_pulls_retry_sooner_in_the_clientapp_the_supernode_and_the_serverapp(monkeypatch):
+    """Flower pulls a message's objects with ``pull_objects`` (directly, or through
+    ``pull_and_inflate_object_from_tree``), looked up in the caller's module, whose first retry
+    (``initial_backoff``) is 1 s: the three callers get 0.05 s, and patching twice wraps once."""
+    from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal as node_loop
+    from flwr.supernode.runtime import run_clientapp as clientapp
 
-    original = module.pull_and_inflate_object_from_tree
-    assert "initial_backoff" in inspect.signature(original).parameters
-    assert "pull_and_inflate_object_from_tree(" in inspect.getsource(module.pull_task_input)
-    monkeypatch.setattr(module, "pull_and_inflate_object_from_tree", original)
-    superexec.retry_pulls_sooner(0.05)
-    superexec.retry_pulls_sooner(0.05)  # idempotent: one partial over Flower's function
-    patched = module.pull_and_inflate_object_from_tree
-    assert patched.func is original and patched.keywords == {"initial_backoff": 0.05}
+    from fedmeta.polling import FIRST_OBJECT_RETRY, pull_every, retry_objects_sooner
+
+    assert "pull_and_inflate_object_from_tree(" in inspect.getsource(clientapp.pull_task_input)
+    assert "pull_objects(" in inspect.getsource(node_loop._pull_and_store_message)
+    assert "pull_objects(" in inspect.getsource(http_grid.HttpGrid.pull_messages)
+    for module, name in ((clientapp, "pull_and_inflate_object_from_tree"), (node_loop, "pull_objects"),
+                         (http_grid, "pull_objects")):
+        original = getattr(module, name)
+        assert inspect.signature(original).parameters["initial_backoff"].default == 1
+        monkeypatch.setattr(module, name, original)
+        retry_objects_sooner(module, name)
+        retry_objects_sooner(module, name)
+        patched = getattr(module, name)
+        assert patched.func is original and patched.keywords == {"initial_backoff": FIRST_OBJECT_RETRY}
+    monkeypatch.setattr(http_grid, "pull_objects", http_grid.pull_objects.func)
+    pull_every(object.__new__(http_grid.HttpGrid), 0.2)  # the ServerApp's grid in a deployment
+    assert http_grid.pull_objects.keywords == {"initial_backoff": FIRST_OBJECT_RETRY}
 
 
 def _spec(**kw):
