@@ -280,8 +280,9 @@ def main() -> None:
                 del PER_PROCESS[1:]
             cpu_round = res["cpu"] / args.rounds
             print(f"repeat {rep} {name}: flwr run {res['total']:.1f} s; rounds 2-{args.rounds - 1} wall "
-                  + ", ".join(f"{w:.2f}" for w in b["wall"]) + f" s; CPU {cpu_round:.2f} s/round ({res['link'] / args.rounds:.2f} SuperLink + ServerApp), idle {100 * res['idle']:.0f}% of a core (all processes); "
-                  f"load {load()}", flush=True)
+                  + ", ".join(f"{w:.2f}" for w in b["wall"])
+                  + f" s; CPU {cpu_round:.2f} s/round ({res['link'] / args.rounds:.2f} SuperLink + ServerApp), "
+                  f"idle {100 * res['idle']:.0f}% of a core (all processes); load {load()}", flush=True)
     print("\nmean seconds per training round (rounds 2..N-1, all repeats; per sampled client where it applies)")
     keys = list(parts[setups[0]])
     print(f"{'setup':<6}" + "".join(f"{k:>12}" for k in keys))

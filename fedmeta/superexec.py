@@ -29,7 +29,6 @@ kept in ``flwr.supercore.exit.exit_handler.registered_exit_handlers``.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import signal
@@ -43,7 +42,7 @@ from fedmeta.node_polling import ActivePolling, parse_poll_interval, time_module
 from fedmeta.polling import retry_objects_sooner
 
 #: imported once in the SuperExec process, before any task: what a cold ``flwr-clientapp`` spends
-#: its start-up on (torch alone ~2 s; ``torch._dynamo``, ~1.5 s, is imported by the first
+#: its start-up on (torch alone ~2 s; ``torch._dynamo``, ~3 s under load, is imported by the first
 #: ``torch.optim`` optimizer a handler builds)
 PRELOAD = ("numpy", "torch", "torch._dynamo", "gymnasium", "mujoco", "flwr.app", "flwr.clientapp",
            "flwr.supernode.runtime.run_clientapp")

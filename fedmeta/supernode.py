@@ -13,14 +13,16 @@ the same arguments (TLS, ``--auth-supernode-private-key``, ``--node-config``, ex
 that, while a run is active (:class:`fedmeta.node_polling.ActivePolling`: within 10 s of its
 last message), it polls every ``S`` seconds (default 0.2) and waits for replies in steps of ``S``;
 when idle it backs off to Flower's 3 s; it retries a message's objects that the SuperLink does
-not have yet after 0.05 s, not 1 s (:func:`fedmeta.polling.retry_objects_sooner`).  Its SuperExec is :mod:`fedmeta.superexec` (ClientApps
-forked from a process that has imported the libraries, polling likewise, 1 s when idle).
+not have yet after 0.05 s, not 1 s (:func:`fedmeta.polling.retry_objects_sooner`).  Its
+SuperExec is :mod:`fedmeta.superexec` (ClientApps forked from a process that has imported the
+libraries, polling likewise, 1 s when idle).
 
 Flower internals relied on (``flwr`` 1.42; ``tests/test_supernode.py`` pins them):
 ``flwr.supernode.start_client_internal`` calls ``time.sleep`` (3 s idle, 0.5 s reply waits),
-``pull_objects(..., initial_backoff=...)``, ``_pull_and_store_message`` (a run id when a message arrived, else None) and starts the
-SuperExec with ``subprocess.Popen(["flower-superexec", ...])`` (``--isolation subprocess``, the
-default), all looked up in its module globals.
+``pull_objects(..., initial_backoff=...)``, ``_pull_and_store_message`` (a run id when a
+message arrived, else None) and starts the SuperExec with
+``subprocess.Popen(["flower-superexec", ...])`` (``--isolation subprocess``, the default), all
+looked up in its module globals.
 """
 
 from __future__ import annotations
