@@ -36,6 +36,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from fedmeta.node_polling import ActivePolling, parse_poll_interval, time_module
@@ -77,6 +78,7 @@ class ForkExecutor:
     def __init__(self, polling: ActivePolling | None = None) -> None:
         self.polling = polling
         self.children: set[int] = set()
+        self.app_hash: str | None = None  # the FAB whose ClientApp this process has imported
 
     def get_eligible_capacity(self, supported_task_types: set[Any], *, insecure: bool = False,
                               root_certificates_path: str | None = None) -> tuple[set[Any], set[str]]:
@@ -95,6 +97,8 @@ class ForkExecutor:
 
         if self.polling is not None:
             self.polling.active()
+        if spec.fab_hash and spec.fab_hash != self.app_hash:
+            self.app_hash = spec.fab_hash if import_app(spec.fab_hash) else None
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -102,7 +106,7 @@ class ForkExecutor:
         except OSError as exc:
             return LaunchResult.failed(f"fork failed: {exc}")
         if pid == 0:
-            _run_child(spec)  # never returns
+            _run_child(spec, keep_app=spec.fab_hash is not None and spec.fab_hash == self.app_hash)  # never returns
         self.children.add(pid)
         return LaunchResult.accepted()
 
@@ -120,8 +124,41 @@ class ForkExecutor:
         """Nothing to release: each child ends itself when this process is gone (parent monitor)."""
 
 
-def _run_child(spec: Any) -> None:
-    """The forked child: Flower's ``flwr-clientapp`` for ``spec``'s token; exits with its code."""
+def installed_fab(fab_hash: str) -> Path | None:
+    """The directory where a ClientApp installed the FAB ``fab_hash`` on this node (Flower's
+    ``get_project_dir``: ``$FLWR_HOME/apps/<publisher>.<name>.<version>.<hash[:8]>``), if one."""
+    from flwr.common.constant import FAB_HASH_TRUNCATION
+    from flwr.supercore.utils import get_flwr_home
+
+    found = sorted((get_flwr_home() / "apps").glob(f"*.{fab_hash[:FAB_HASH_TRUNCATION]}"))
+    return found[0] if len(found) == 1 and (found[0] / "pyproject.toml").is_file() else None
+
+
+def import_app(fab_hash: str) -> bool:
+    """Import the ClientApp of the installed FAB ``fab_hash`` here, as ``flwr-clientapp`` loads it
+    (its directory first on ``sys.path``), after forgetting any other app's modules; children
+    forked afterwards for the same FAB start with it loaded.  False (nothing kept) when the FAB
+    is not installed yet (the run's first message installs it) or its import fails."""
+    from flwr.clientapp.client_app import LoadClientAppError
+    from flwr.common.config import get_project_config
+    from flwr.supercore.object_ref import load_app
+
+    forget_modules(APP_PACKAGES)
+    project = installed_fab(fab_hash)
+    if project is None:
+        return False
+    try:
+        ref = get_project_config(project)["tool"]["flwr"]["app"]["components"]["clientapp"]
+        load_app(ref, LoadClientAppError, project)
+    except Exception:  # noqa: BLE001 - the child loads it itself and reports what fails
+        forget_modules(APP_PACKAGES)
+        return False
+    return True
+
+
+def _run_child(spec: Any, keep_app: bool = False) -> None:
+    """The forked child: Flower's ``flwr-clientapp`` for ``spec``'s token; exits with its code.
+    ``keep_app``: this process has imported the ClientApp of the task's FAB (:func:`import_app`)."""
     code = 1
     try:
         from logging import INFO
@@ -137,7 +174,8 @@ def _run_child(spec: Any) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         sys.argv = ["flwr-clientapp"]  # Flower picks its telemetry event by the program name
-        forget_modules(APP_PACKAGES)
+        if not keep_app:
+            forget_modules(APP_PACKAGES)
         log(INFO, "Start forked `flwr-clientapp` process (fedmeta.superexec)")
         run_clientapp(runtime_api_address=spec.runtime_api_address, token=spec.token, insecure=spec.insecure,
                       certificates=validate_and_resolve_root_certificates(spec.root_certificates_path,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import shutil
 import os
 import subprocess
 import sys
@@ -141,7 +142,7 @@ def test_object_pulls_retry_sooner_in_the_clientapp_the_supernode_and_the_server
 
 def _spec(**kw):
     base = dict(runtime_api_address="127.0.0.1:1", token="t", insecure=True, root_certificates_path=None,
-                parent_pid=os.getpid(), runtime_dependency_install=False)
+                parent_pid=os.getpid(), runtime_dependency_install=False, fab_hash=None)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -196,3 +197,25 @@ def test_fork_executor_takes_clientapp_tasks_only():
 
     types, fabs = superexec.ForkExecutor().get_eligible_capacity(set(TaskType))
     assert types == {TaskType.CLIENT_APP} and fabs == set()
+
+
+def test_the_superexec_imports_the_clientapp_of_an_installed_fab_from_the_fab(tmp_path, root):
+    """``import_app`` loads the app's modules from the FAB's directory (where Flower installed
+    it), not from wherever this process imported fedmeta; an unknown FAB imports nothing.  In a
+    subprocess: it replaces this process's ``fedmeta`` modules."""
+    fab_hash = "0123abcd" + "e" * 56
+    project = tmp_path / "flwr-home" / "apps" / f"fedmeta.fedmeta.0.1.0.{fab_hash[:8]}"
+    project.mkdir(parents=True)
+    shutil.copy(root / "pyproject.toml", project)
+    for package in ("clients", "fedmeta"):
+        shutil.copytree(root / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys\nfrom fedmeta.superexec import import_app\n"
+            f"print(import_app('{'f' * 64}'))\n"
+            f"print(import_app('{fab_hash}'))\n"
+            "print(sys.modules['clients.client_app'].__file__)\nprint(sys.modules['fedmeta.worker'].__file__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    unknown, known, client_app, worker = out.stdout.split()
+    assert (unknown, known) == ("False", "True")
+    assert client_app == str(project / "clients" / "client_app.py") and worker == str(project / "fedmeta" / "worker.py")
