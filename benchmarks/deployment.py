@@ -1,12 +1,13 @@
 """Seconds per round of a deployment on loopback: Flower's SuperNode vs ``fedmeta supernode``.
 
-Per repeat, interleaved, one setup after the other, each on a fresh insecure SuperLink with three
-SuperNodes (``task-id=0..2``, ``device="cpu"``) started by :class:`fedmeta.loopback.Processes`:
+Per repeat, interleaved, one setup after the other, each on a fresh insecure SuperLink (in-memory
+state, as the README recipe: no ``--database``) with three SuperNodes (``task-id=0..2``,
+``device="cpu"``) started by :class:`fedmeta.loopback.Processes`:
 
 - **old**: ``flower-supernode --insecure ...`` (3 s idle poll, 1 s SuperExec poll, a cold
   ``flwr-clientapp`` process per message);
-- **new**: ``fedmeta supernode --insecure ...`` (polls capped at ``--poll-interval``, ClientApps
-  forked from a SuperExec that has imported torch, gymnasium, MuJoCo and Flower).
+- **new**: ``fedmeta supernode --insecure ...`` (fast polls while a run is active, ClientApps
+  forked from a SuperExec that has imported torch, gymnasium, MuJoCo, Flower and the run's app).
 
 Each runs ``flwr run . deploy`` with the default experiment (``memrl-grid``: 3 tasks, 2 clients
 per round, evaluation at the last round) for ``--rounds`` rounds.  A round's wall time is the

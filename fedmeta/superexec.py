@@ -8,8 +8,13 @@ polls as :class:`fedmeta.node_polling.ActivePolling` (``--poll-interval``, 1 s w
 imports those libraries once (:data:`PRELOAD`), retries a message's objects sooner
 (:func:`fedmeta.polling.retry_objects_sooner`) and starts each task's ClientApp with
 ``os.fork()``: the child runs Flower's ``flwr-clientapp`` code (``run_clientapp``) with the task's
-token and exits.  The app itself (``clients``, ``fedmeta``) is not preloaded: each child still
-loads it from the run's FAB, as ``flwr-clientapp`` does, so every run uses its own app code.
+token and exits.  The app itself (``clients``, ``fedmeta``) comes from the run's FAB, as for
+``flwr-clientapp``: the run's first message on this node installs the FAB (in its child, which
+imports the app afresh), and from then on this process imports that FAB's ClientApp once
+(:func:`import_app`) so that the children of later messages start with it loaded; a message of
+another FAB (another run or app version) makes it forget that app and start over.  Consequence:
+what an app does at import time to other modules (torch, gymnasium) stays in this process for
+later runs on this node; with ``flower-supernode`` every message starts from a fresh process.
 
 One task is one child process, as before: a crash, a leak or a hang stays in that task's
 process, ``context.state`` is still carried by the SuperNode, and a child still ends itself when

@@ -111,6 +111,12 @@ def test_flower_superexec_internals_it_replaces():
     assert list(inspect.signature(run_clientapp).parameters) == [
         "runtime_api_address", "token", "insecure", "certificates", "parent_pid", "runtime_dependency_install"]
     assert LaunchResult.accepted().status == "accepted"
+    # where flwr-clientapp installs a FAB: what fedmeta.superexec.installed_fab looks for
+    from flwr.common.config import get_project_dir
+    from flwr.supercore.utils import get_flwr_home
+
+    project = get_project_dir("pub/app", "1.0.0", "0123abcd" + "e" * 56)
+    assert project.parent == get_flwr_home() / "apps" and project.name == "pub.app.1.0.0.0123abcd"
 
 
 def test_object_pulls_retry_sooner_in_the_clientapp_the_supernode_and_the_serverapp(monkeypatch):
