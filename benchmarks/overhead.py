@@ -67,6 +67,12 @@ def _phases(log: Path, start: float, end: float) -> dict[str, float]:
 
 def flower_free(run_dir: Path) -> float:
     """Seconds of the client computation of ``run_dir``'s rounds, replayed without Flower."""
+    return sum(seconds for _, seconds in replay(run_dir))
+
+
+def replay(run_dir: Path) -> list[tuple[dict, float]]:
+    """Each row of ``run_dir``'s ``rounds.jsonl`` with the seconds its client computation takes
+    when replayed without Flower (in this process, one client after another)."""
     import numpy as np
     import torch
 
@@ -82,8 +88,9 @@ def flower_free(run_dir: Path) -> float:
     personal: dict[int, object] = {}
     optimizer: dict[int, object] = {}
     device = torch.device("cpu")
-    start = time.perf_counter()
+    timed = []
     for row in read_jsonl(run_dir / "rounds.jsonl"):
+        start = time.perf_counter()
         if row["phase"] == "train":
             uploads = []
             for task_id in row["tasks"]:
@@ -101,7 +108,8 @@ def flower_free(run_dir: Path) -> float:
                         own = worker.adapt(meta, int(row["round"]), "personal")[0][-1]
                     worker.evaluate(own, int(row["round"]), "personal")
                     worker.evaluate(meta, int(row["round"]), "meta")
-    return time.perf_counter() - start
+        timed.append((row, time.perf_counter() - start))
+    return timed
 
 
 def main() -> None:

@@ -459,8 +459,16 @@ def main(argv: list[str] | None = None) -> int:
                             "repeatable (localhost and 127.0.0.1 are always included)")
     certs.add_argument("--nodes", type=int, default=0, help="SuperNode key pairs to create (default 0)")
     certs.set_defaults(func=cmd_certs)
+    sub.add_parser("supernode", add_help=False,
+                   help="Flower's flower-supernode (same arguments) with short polls and ClientApps forked from "
+                        "a process that has its imports: rounds of seconds (see 'fedmeta supernode --help')")
+    args_list = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv)
+        if args_list[:1] == ["supernode"]:  # every other argument is flower-supernode's
+            from fedmeta.supernode import main as supernode_main
+
+            return supernode_main(args_list[1:])
+        args = parser.parse_args(args_list)
         return int(args.func(args))
     except ConfigError as exc:
         print(f"fedmeta: error: {one_line(str(exc))}", file=sys.stderr)

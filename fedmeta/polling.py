@@ -19,13 +19,16 @@ ServerApp does this for its grid: ``simulation.poll-interval`` in simulation,
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Iterable
+from types import ModuleType
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 REMOTE_PULL_INTERVAL = 0.2  # a ServerApp's pulls from a SuperLink (Flower's HttpGrid: 3 s)
+FIRST_OBJECT_RETRY = 0.05  # seconds before asking again for a message's object not there yet (Flower: 1 s)
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float | None = None,
@@ -47,9 +50,27 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float 
 
 
 def pull_every(grid: Grid, interval: float) -> Grid:
-    """``grid``, whose ``send_and_receive`` now pulls replies every ``interval`` seconds."""
+    """``grid``, whose ``send_and_receive`` now pulls replies every ``interval`` seconds (and, for a
+    SuperLink's grid, retries a reply's objects sooner: :func:`retry_objects_sooner`)."""
     grid.send_and_receive = functools.partial(send_and_receive, grid, interval=interval)  # type: ignore[method-assign]
+    module = sys.modules.get(type(grid).__module__)
+    if module is not None and hasattr(module, "pull_objects"):  # Flower's HttpGrid
+        retry_objects_sooner(module, "pull_objects")
     return grid
+
+
+def retry_objects_sooner(module: ModuleType, name: str, first_retry: float = FIRST_OBJECT_RETRY) -> None:
+    """Make ``module.name`` (Flower's ``pull_objects`` or a function that calls it with its
+    ``initial_backoff``) retry an object that is not there yet after ``first_retry`` seconds,
+    doubling up to Flower's cap, instead of after 1 s.
+
+    A message is visible before all its objects are: the SuperLink lists a ServerApp's message
+    (and a SuperNode's reply) while its objects are still being pushed, and a forked ClientApp
+    asks its SuperNode before the SuperNode has them.  With Flower's first retry of 1 s (then
+    2 s) each of these races cost a fast round 1-3 s.  Idempotent."""
+    function = getattr(module, name)
+    function = getattr(function, "func", function)  # already patched: wrap Flower's function once
+    setattr(module, name, functools.partial(function, initial_backoff=first_retry))
 
 
 def pull_interval_for(grid: Grid, simulation_interval: float) -> float:

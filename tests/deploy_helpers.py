@@ -3,33 +3,13 @@ each in its own session, logging to files, and ended by PID (with everything the
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from fedmeta import procs
+from fedmeta.loopback import BIN, flwr_env, free_port, wait_online, wait_port
 from helpers import processes_with_tmpdir
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def wait_for(what: str, condition, timeout: float, every: float = 0.1, alive: subprocess.Popen | None = None):
@@ -62,9 +42,7 @@ class Loopback:
             folder.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\n'
                                           f'address = "127.0.0.1:{self.port}"\n{connection}')
-        self.env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-                    "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(root), "TMPDIR": str(self.tmp),
-                    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.env = {**flwr_env(home, root), "TMPDIR": str(self.tmp)}
         self.started: list[subprocess.Popen] = []
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
@@ -84,8 +62,10 @@ class Loopback:
         wait_port(self.port)
         return link
 
-    def supernode_cmd(self, node_config: str, *flags: str, port: int | None = None) -> list[str]:
-        return ["flower-supernode", *flags, "--superlink", f"127.0.0.1:{self.port}", "--host", "127.0.0.1",
+    def supernode_cmd(self, node_config: str, *flags: str, port: int | None = None,
+                      program: tuple[str, ...] = ("flower-supernode",)) -> list[str]:
+        """A SuperNode of this deployment (``program``: Flower's, or ``("fedmeta", "supernode")``)."""
+        return [*program, *flags, "--superlink", f"127.0.0.1:{self.port}", "--host", "127.0.0.1",
                 "--port", str(port or free_port()), "--node-config", node_config]
 
     def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -95,10 +75,7 @@ class Loopback:
 
     def wait_online(self, count: int, timeout: float = 60.0) -> None:
         """Wait until the SuperLink lists ``count`` online SuperNodes."""
-        def listed() -> bool:
-            return self.flwr("supernode", "list", "deploy").stdout.lower().count("online") >= count
-
-        wait_for(f"{count} SuperNodes online", listed, timeout, every=1.0)
+        wait_online(self.env, self.workdir, count, timeout)
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")

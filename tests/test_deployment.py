@@ -4,7 +4,7 @@ held-out (test) SuperNode, one rogue SuperNode whose declared task differs from 
 away at discovery) and one SuperNode whose key was never registered (refused by the SuperLink).
 
 Runs the README's deployment commands for real (``fedmeta certs``, ``flower-superlink``,
-``flwr supernode register``, ``flower-supernode``, ``flwr run . deploy``), checks that the run
+``flwr supernode register``, ``fedmeta supernode``, ``flwr run . deploy``), checks that the run
 completed with three clients, and ends every process it started (and their descendants) by PID.
 """
 
@@ -53,7 +53,8 @@ def test_secure_superlink_and_supernodes_on_loopback(tmp_path, root):
         for i, node_config in enumerate([*node_configs, 'task-id=0 device="cpu"']):
             deploy.start(f"supernode{i}", deploy.supernode_cmd(
                 node_config, "--root-certificates", str(tls / "ca.crt"),
-                "--auth-supernode-private-key", str(tls / f"node-{i}"), "--max-retries", "2"))
+                "--auth-supernode-private-key", str(tls / f"node-{i}"), "--max-retries", "2",
+                program=("fedmeta", "supernode")))  # the README's SuperNode command
         deploy.wait_online(len(node_configs))  # so that discovery sees the rogue node too
         unregistered = deploy.started[-1]
         assert unregistered.wait(timeout=120) != 0  # refused: it gives up and exits
