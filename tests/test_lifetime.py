@@ -47,8 +47,8 @@ def _client_app():  # type: ignore[no-untyped-def]
     app = ClientApp()
 
     def reply(msg: Message, context: Context) -> Message:
-        return Message(RecordDict({"m": MetricRecord({"pid": int(context.node_config["partition-id"])})}),
-                       reply_to=msg)
+        return Message(RecordDict({"m": MetricRecord({"pid": int(context.node_config["partition-id"]),
+                                                      "nice": os.nice(0)})}), reply_to=msg)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -94,12 +94,13 @@ def _server_app(scenario: str, results: dict):  # type: ignore[no-untyped-def]
             t0 = time.monotonic()
             replies = send(grid, [node_of[p] for p in partitions], kind, {"scenario": scenario, "round": number},
                            timeout)
-            row: dict = {"round": number, "seconds": time.monotonic() - t0, "ok": [], "errors": {}}
+            row: dict = {"round": number, "seconds": time.monotonic() - t0, "ok": [], "errors": {}, "nice": []}
             for r in replies:
                 if r.has_error():
                     row["errors"][str(partition_of[r.metadata.src_node_id])] = r.error.reason
                 else:
                     row["ok"].append(int(r.content["m"]["pid"]))
+                    row["nice"].append(int(r.content["m"]["nice"]))
             row["ok"].sort()
             results["rounds"].append(row)
         results["finished"] = time.monotonic()
@@ -201,6 +202,7 @@ def test_a_crashed_or_failing_clientapp_fails_one_reply_in_one_line(tmp_path, ba
     assert "died" in first["errors"]["0"] and "ValueError: boom" in first["errors"]["1"]
     assert all(_one_line(r) for r in first["errors"].values())
     assert [row["ok"] for row in later] == [[0, 1, 2], [0, 1, 2]]  # the dead worker was replaced
+    assert {n for row in result["rounds"] for n in row["nice"]} == {os.nice(0)}  # the clients run at our niceness
     assert result["left"] == []
     assert "Traceback" not in stderr and "\x1b[" not in stderr
     assert "Traceback" in log_file.read_text()
