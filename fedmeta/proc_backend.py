@@ -70,8 +70,10 @@ from fedmeta.sim_bounds import (
 )
 from fedmeta.text import first_line
 
-#: what the fork server imports once, before it forks workers (the ClientApp and its imports)
-PRELOAD = ("fedmeta.proc_backend", "clients.client_app")
+#: what the fork server imports once, before it forks workers: the ClientApp and its imports, and
+#: ``torch._dynamo``, which a client's first ``torch.optim`` optimizer imports (2-10 s per worker
+#: on a busy machine, in the first round, otherwise)
+PRELOAD = ("fedmeta.proc_backend", "clients.client_app", "torch._dynamo")
 KILL_WAIT = 5.0  # seconds to wait for a killed worker to be gone
 _CONTEXT = multiprocessing.get_context("forkserver")
 _STARTED: list[str] = []  # helper processes start_forkserver started: "forkserver", "resource-tracker"
