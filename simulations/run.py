@@ -25,9 +25,9 @@ import shutil
 import signal
 import sys
 import threading
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import FrameType
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from fedmeta import procs
