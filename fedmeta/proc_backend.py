@@ -1,5 +1,9 @@
 """A simulation backend whose workers are plain OS processes, forked from one preloaded server.
 
+Opt-in (``simulation.backend = "process"``; the default is Ray): it starts several seconds
+sooner, but on the 2-core development machine the default experiment's rounds ran slower than on
+Ray (``benchmarks/README.md``), for a reason not yet found.
+
 Flower's simulation engine (``vce_api``: the LinkState, the engine's worker threads, the
 ServerApp's ``Grid``) and the ClientApp stay exactly as they are; only the transport to the
 workers changes, through Flower's own backend interface (``Backend``: ``build``,

@@ -237,9 +237,11 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code, says", [(signal.SIGKILL, -9, None), (signal.SIGTERM, 143, "terminated"),
-                                             (signal.SIGINT, 130, "interrupted")], ids=["SIGKILL", "SIGTERM", "SIGINT"])
-def test_a_signalled_run_leaves_nothing_behind(sig, code, says, tmp_path):
+@pytest.mark.parametrize("sig, code, says, backend", [
+    (signal.SIGKILL, -9, None, "ray"), (signal.SIGTERM, 143, "terminated", "ray"), (signal.SIGINT, 130, "interrupted", "ray"),
+    (signal.SIGKILL, -9, None, "process"),  # its fork server and workers end too
+], ids=["SIGKILL", "SIGTERM", "SIGINT", "SIGKILL-process"])
+def test_a_signalled_run_leaves_nothing_behind(sig, code, says, backend, tmp_path):
     from fedmeta import procs
 
     private = private_tmpdir()
@@ -249,7 +251,7 @@ def test_a_signalled_run_leaves_nothing_behind(sig, code, says, tmp_path):
         with console[0].open("w") as out, console[1].open("w") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fedmeta", "run", "point-nav-smoke", "--no-plots", "--run-config",
-                 f"run-dir='{run_dir}' num-server-rounds=1000"],  # still running when signalled
+                 f"run-dir='{run_dir}' num-server-rounds=1000 simulation.backend='{backend}'"],  # still running when signalled
                 stdout=out, stderr=err, env={**os.environ, "TMPDIR": str(private)}, cwd=ROOT,
                 # as from an interactive shell: a test worker may run with SIGINT ignored (inherited)
                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
