@@ -37,6 +37,8 @@ MAX_SECONDS = 1_000_000.0  # timeouts (about 11.6 days)
 MAX_WIDTH, MAX_LAYERS = 4096, 16  # policy.hidden-sizes
 #: client.mujoco-backend: mujoco.batch (fedmeta.tasks.mujoco_batch) or the reference gymnasium envs
 MUJOCO_BACKENDS = ("batch", "gymnasium")
+#: simulation.backend: forked worker processes (fedmeta.proc_backend) or Ray actors (fedmeta.sim_backend)
+SIMULATION_BACKENDS = ("process", "ray")
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -257,6 +259,9 @@ class FaultConfig:
 class SimulationConfig:
     """Resources of the local simulation runtime (fedmeta run)."""
 
+    backend: str = field(default="ray", metadata=_doc("where the virtual clients run: ray (Ray actors; needed for "
+                                                      "simulation.ray-address) | process (worker processes forked from "
+                                                      "one that imported the ClientApp once: quicker start-up)"))
     num_cpus: int = field(default=2, metadata=_doc("CPUs given to the simulation engine"))
     client_cpus: int = field(default=1, metadata=_doc("CPUs per virtual client"))
     client_gpus: float = field(default=0.0, metadata=_doc("GPU fraction per virtual client"))
@@ -567,6 +572,7 @@ class ExperimentConfig:
 
     def _validate_simulation(self) -> None:
         sim = self.simulation
+        _choice("simulation.backend", sim.backend, list(SIMULATION_BACKENDS))
         _in_range("simulation.num-cpus", sim.num_cpus, 1, MAX_CPUS)
         _positive("simulation.client-cpus", sim.client_cpus)
         _not_above("simulation.client-cpus", sim.client_cpus, "simulation.num-cpus", sim.num_cpus)
@@ -575,6 +581,9 @@ class ExperimentConfig:
         if sim.ray_address and not _is_host_port(sim.ray_address):
             raise ConfigError(f"simulation.ray-address={sim.ray_address!r} is invalid; valid: '' (a private Ray "
                               "instance) or HOST:PORT of a running Ray head node")
+        if sim.ray_address and sim.backend != "ray":
+            raise ConfigError(f"simulation.ray-address={sim.ray_address!r} needs simulation.backend='ray' (it is "
+                              f"{sim.backend!r}); valid: simulation.backend='ray', or simulation.ray-address=''")
 
     def _validate_robustness(self) -> None:
         """fed.* robustness keys and the faults section (see fedmeta.robust, fedmeta.faults)."""

@@ -27,6 +27,12 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
+def load_libc() -> None:
+    """Load libc for :func:`die_with_parent` now, in a process that will fork (``dlopen`` is
+    unsafe in a forked child)."""
+    _libc()
+
+
 def _prctl(option: int, value: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False

@@ -28,7 +28,7 @@ def resource_warnings(cfg: ExperimentConfig) -> list[str]:
     cpus = os.cpu_count() or 1
     if cfg.simulation.num_cpus > cpus and not cfg.simulation.ray_address:
         return [f"simulation.num-cpus={cfg.simulation.num_cpus} is more than this machine's {cpus} CPUs; "
-                "Ray will oversubscribe them"]
+                "the simulation will oversubscribe them"]
     return []
 
 

@@ -11,10 +11,9 @@ exception with a one-line message (an actor that timed out while still starting 
 queued call refuses to run once its deadline has passed, see :class:`_UntilDeadline`), which Flower's engine sends to the ServerApp as the
 reply's error reason.
 
-Flower 1.42 (as 1.41) has no backend registry (``backend_name`` is only compared with ``"ray"``):
-``start_vce`` builds ``RayBackend(backend_config)``, looked up in
-``flwr.server.superlink.fleet.vce.backend.raybackend`` when the engine starts.
-:func:`bounded_ray_backend` puts this class there for the duration of a ``with`` block.
+:func:`bounded_ray_backend` has Flower's engine build this class for the duration of a ``with``
+block (:func:`fedmeta.sim_bounds.engine_backend`); settings and errors are shared with the
+process backend (:mod:`fedmeta.sim_bounds`, :mod:`fedmeta.proc_backend`).
 
 Flower internals relied on (re-check them on a Flower upgrade):
 
@@ -38,45 +37,33 @@ import functools
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from logging import WARNING
-from typing import Any
+from typing import Any, ContextManager
 
 import ray
 from flwr.app import Context, Message
-from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
+from flwr.clientapp.client_app import LoadClientAppError
 from flwr.common.constant import PARTITION_ID_KEY
 from flwr.common.logger import log
 from flwr.server.superlink.fleet.vce.backend import raybackend
 from flwr.server.superlink.fleet.vce.backend.backend import BackendConfig
 
+from fedmeta.sim_bounds import (  # noqa: F401  (re-exported: the names tests and callers use)
+    CONFIG_KEY,
+    Bounds,
+    ClientAppCrashed,
+    ClientAppFailed,
+    ClientAppTimedOut,
+    RunEnded,
+    backend_settings,
+    engine_backend,
+)
 from fedmeta.text import first_line, strip_ansi
 
-CONFIG_KEY = "fedmeta"  # backend_config[CONFIG_KEY]: see backend_settings()
 KILL_WAIT = 5.0  # seconds to wait for Ray to report a killed actor dead
 FlowerRayBackend = raybackend.RayBackend
 _QUALNAME = re.compile(r"[A-Za-z_][\w.]*")
-
-
-class ClientAppFailed(ClientAppException):
-    """The ClientApp raised; the message is one line: ``<ExceptionType>: <first line>``."""
-
-    def __init__(self, message: str) -> None:  # ClientAppException's own prefixes a newline
-        Exception.__init__(self, message)
-        self.message = message
-
-
-class ClientAppTimedOut(RuntimeError):
-    """The ClientApp did not finish within the message timeout; its actor was replaced."""
-
-
-class ClientAppCrashed(RuntimeError):
-    """The ClientApp's actor process died (e.g. ``os._exit``, a segfault); it was replaced."""
-
-
-class RunEnded(RuntimeError):
-    """The run ended (ServerApp finished, engine stopping) while the ClientApp was running."""
 
 
 class BoundedRayBackend(FlowerRayBackend):
@@ -93,10 +80,8 @@ class BoundedRayBackend(FlowerRayBackend):
     def __init__(self, backend_config: BackendConfig, stop: threading.Event | None = None,
                  on_ray_started: Callable[[], None] | None = None) -> None:
         super().__init__(backend_config)
-        own = backend_config.get(CONFIG_KEY, {})
-        self.message_timeout = float(own.get("message_timeout", 0.0))  # type: ignore[arg-type]
-        self.timeouts = {str(k): float(v) for k, v in dict(own.get("timeouts", {})).items()}  # type: ignore[call-overload]
-        self.poll_interval = float(own.get("poll_interval", 0.5))  # type: ignore[arg-type]
+        self.bounds = Bounds(backend_config)
+        self.poll_interval = self.bounds.poll_interval
         self.stop = stop or threading.Event()
         self._lock = threading.Lock()  # the pool is not thread-safe; the engine calls us from N threads
         self._ready: dict[int, tuple[Any, Any]] = {}  # id(actor) -> (actor, its readiness ref) until it started
@@ -118,10 +103,7 @@ class BoundedRayBackend(FlowerRayBackend):
         partition = str(context.node_config[PARTITION_ID_KEY])
         # the deadline counts from when the ServerApp sent the message, as the ServerApp's own wait does:
         # a message that waited in the queue past it is not started, and a running one ends with the phase
-        timeout = self.timeouts.get(message.metadata.message_type, self.message_timeout) or 0.0
-        left = timeout - max(0.0, time.time() - message.metadata.created_at) if timeout > 0 else 0.0
-        if timeout > 0 and left <= 0:
-            raise ClientAppTimedOut(f"ClientApp not started: {timeout:g} s had passed since the message was sent")
+        timeout, left = self.bounds.time_left(message)
         app_fn = _UntilDeadline(self.app_fn, message.metadata.created_at + timeout) if timeout > 0 else self.app_fn
         with self._lock:
             future = self.pool.submit(run_on, (app_fn, message, partition, context))
@@ -243,22 +225,8 @@ def describe_task_error(exc: ray.exceptions.RayTaskError) -> str:
     return text or type(cause).__name__
 
 
-@contextmanager
 def bounded_ray_backend(stop: threading.Event | None = None,
-                        on_ray_started: Callable[[], None] | None = None) -> Iterator[str]:
+                        on_ray_started: Callable[[], None] | None = None) -> ContextManager[str]:
     """Within the block, Flower's simulation engine builds a :class:`BoundedRayBackend`; yields
     the ``backend_name`` to pass to ``run_simulation``."""
-    previous = raybackend.RayBackend
-    raybackend.RayBackend = functools.partial(BoundedRayBackend, stop=stop, on_ray_started=on_ray_started)  # type: ignore[misc]
-    try:
-        yield "ray"
-    finally:
-        raybackend.RayBackend = previous  # type: ignore[misc]
-
-
-def backend_settings(message_timeout: float, timeouts: dict[str, float] | None = None,
-                     poll_interval: float = 0.5) -> dict[str, dict[str, Any]]:
-    """The ``backend_config`` entry for :class:`BoundedRayBackend`: a ClientApp call may take
-    ``message_timeout`` seconds, or ``timeouts[message_type]`` for the types named there."""
-    return {CONFIG_KEY: {"message_timeout": message_timeout, "timeouts": dict(timeouts or {}),
-                         "poll_interval": poll_interval}}
+    return engine_backend(functools.partial(BoundedRayBackend, stop=stop, on_ray_started=on_ray_started))

@@ -1,9 +1,11 @@
 """Run one experiment on Flower's simulation runtime, in-process (child of ``fedmeta run``).
 
 Usage: ``python -m simulations.run '<flat config JSON>'``.  The config was validated by the
-parent; here the strategy name is checked too, then Flower's simulation engine (Ray) runs
-the ServerApp and one virtual SuperNode per training task, on a
-:class:`fedmeta.sim_backend.BoundedRayBackend`: a ClientApp call gets ``fed.round-timeout``
+parent; here the strategy name is checked too, then Flower's simulation engine runs the
+ServerApp and one virtual SuperNode per training task, on the backend ``simulation.backend``
+names: forked worker processes (:class:`fedmeta.proc_backend.ProcessBackend`, whose fork server
+starts first, importing the ClientApp while this process imports Flower) or Ray actors
+(:class:`fedmeta.sim_backend.BoundedRayBackend`).  A ClientApp call gets ``fed.round-timeout``
 (a discovery query ``fed.discovery-timeout``) plus :data:`CLIENT_GRACE` seconds.  Exit code
 2 = config error, 1 = the run failed.
 
@@ -23,9 +25,10 @@ import shutil
 import signal
 import sys
 import threading
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fedmeta import procs
 from fedmeta.config import ConfigError, ExperimentConfig, SimulationConfig
@@ -124,6 +127,23 @@ def ray_init_args(sim: SimulationConfig) -> dict[str, object]:
             "include_dashboard": False, "object_store_memory": 256 * 1024 * 1024}
 
 
+def backend_of(sim: SimulationConfig, settings: dict[str, Any]) -> tuple[AbstractContextManager[str], dict[str, Any]]:
+    """The engine's backend for ``simulation.backend`` (a context manager yielding the
+    ``backend_name``) and its ``backend_config``; ``settings``: the message bounds
+    (:func:`fedmeta.sim_bounds.backend_settings`)."""
+    if sim.backend == "ray":
+        from fedmeta.sim_backend import bounded_ray_backend
+
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
+        return bounded_ray_backend(stop=STOP, on_ray_started=claim_sigterm), {
+            "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus},
+            "init_args": ray_init_args(sim), **settings}
+    from fedmeta.proc_backend import process_backend, worker_count
+
+    workers = worker_count(sim.num_cpus, sim.client_cpus, sim.client_gpus)
+    return process_backend(stop=STOP), {key: {**value, "workers": workers} for key, value in settings.items()}
+
+
 def main(argv: list[str]) -> int:
     flat = json.loads(argv[0])
     try:
@@ -138,27 +158,26 @@ def main(argv: list[str]) -> int:
         return 2
     procs.become_subreaper()
     claim_sigterm()
+    sim = cfg.simulation
+    if sim.backend == "process":  # its fork server imports the ClientApp's modules while this process imports its own
+        from fedmeta.proc_backend import start_forkserver
+
+        start_forkserver(sim.client_cpus)
     from flwr.simulation import run_simulation
 
     import clients.client_app
     import server.server_app
-    from fedmeta.sim_backend import backend_settings, bounded_ray_backend
+    from fedmeta.sim_bounds import backend_settings
     from fedmeta.sim_logging import route_flower_logs
     from fedmeta.sim_polling import fast_polling
 
     route_flower_logs(Path(cfg.run_dir) if cfg.run_dir else Path.cwd())
     logging.getLogger("flwr").addFilter(_DropDeprecation())
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
-    sim = cfg.simulation
-    backend_config = {
-        "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus},
-        "init_args": ray_init_args(sim),
-        # discovery (message type "query") waits fed.discovery-timeout, the rounds fed.round-timeout
-        **backend_settings(cfg.fed.round_timeout + CLIENT_GRACE, {"query": cfg.fed.discovery_timeout + CLIENT_GRACE}),
-    }
+    # discovery (message type "query") waits fed.discovery-timeout, the rounds fed.round-timeout
+    backend, backend_config = backend_of(sim, backend_settings(
+        cfg.fed.round_timeout + CLIENT_GRACE, {"query": cfg.fed.discovery_timeout + CLIENT_GRACE}))
     try:
-        with bounded_ray_backend(stop=STOP, on_ray_started=claim_sigterm) as backend_name, \
-                fast_polling(sim.poll_interval):
+        with backend as backend_name, fast_polling(sim.poll_interval):
             run_simulation(server_app=reporting(server.server_app.make_app(flat), STOP),
                            client_app=clients.client_app.make_app(flat),
                            num_supernodes=cfg.task.num_clients + cfg.task.num_test_tasks,

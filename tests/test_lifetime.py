@@ -1,8 +1,10 @@
 """A run's lifetime: hung or crashed ClientApps do not stall it, and nothing it starts outlives it.
 
-The ClientApp scenarios run Flower's ``run_simulation`` on :class:`BoundedRayBackend` in a
-subprocess (``python tests/test_lifetime.py <scenario> <out-dir>``) with a private ``TMPDIR``,
-so that stray Ray processes can be found afterwards.  The signal tests run ``fedmeta run``.
+The ClientApp scenarios run Flower's ``run_simulation`` on each of fedmeta's backends
+(:class:`fedmeta.sim_backend.BoundedRayBackend`, :class:`fedmeta.proc_backend.ProcessBackend`)
+in a subprocess (``python tests/test_lifetime.py <scenario> <backend> <out-dir>``) with a
+private ``TMPDIR``, so that stray processes can be found afterwards.  The signal tests run
+``fedmeta run`` (its default backend).
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ FRESH_TIMEOUT = 30.0  # message type "train.fresh": room for replacement actors 
 # scenario -> its rounds: (partitions sent a train message, the round's timeout, message type);
 # partition 0 misbehaves
 PLANS: dict[str, list[tuple[list[int], float, str]]] = {
-    # two hangs take both actors; round 3 gets replies only from replaced actors; round 4 ends the
+    # two hangs take both workers; round 3 gets replies only from replaced workers; round 4 ends the
     # ServerApp while partition 0 hangs again
     "hang": [([0, 1, 2], ROUND_TIMEOUT, "train"), ([0, 1, 2], ROUND_TIMEOUT, "train"),
              ([1, 2], FRESH_TIMEOUT, "train.fresh"), ([0], 1.0, "train")],
-    # round 1: partition 0's actor dies (os._exit), partition 1 raises; later rounds all work
+    # round 1: partition 0's worker dies (os._exit), partition 1 raises; later rounds all work
     "crash": [([0, 1, 2], 20.0, "train"), ([0, 1, 2], 20.0, "train"), ([0, 1, 2], 20.0, "train")],
 }
 
@@ -45,8 +47,8 @@ def _client_app():  # type: ignore[no-untyped-def]
     app = ClientApp()
 
     def reply(msg: Message, context: Context) -> Message:
-        return Message(RecordDict({"m": MetricRecord({"pid": int(context.node_config["partition-id"])})}),
-                       reply_to=msg)
+        return Message(RecordDict({"m": MetricRecord({"pid": int(context.node_config["partition-id"]),
+                                                      "nice": os.nice(0)})}), reply_to=msg)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -92,12 +94,13 @@ def _server_app(scenario: str, results: dict):  # type: ignore[no-untyped-def]
             t0 = time.monotonic()
             replies = send(grid, [node_of[p] for p in partitions], kind, {"scenario": scenario, "round": number},
                            timeout)
-            row: dict = {"round": number, "seconds": time.monotonic() - t0, "ok": [], "errors": {}}
+            row: dict = {"round": number, "seconds": time.monotonic() - t0, "ok": [], "errors": {}, "nice": []}
             for r in replies:
                 if r.has_error():
                     row["errors"][str(partition_of[r.metadata.src_node_id])] = r.error.reason
                 else:
                     row["ok"].append(int(r.content["m"]["pid"]))
+                    row["nice"].append(int(r.content["m"]["nice"]))
             row["ok"].sort()
             results["rounds"].append(row)
         results["finished"] = time.monotonic()
@@ -105,37 +108,41 @@ def _server_app(scenario: str, results: dict):  # type: ignore[no-untyped-def]
     return app
 
 
-def run_scenario(scenario: str, out: Path) -> None:
+def run_scenario(scenario: str, backend: str, out: Path) -> None:
     """Subprocess entry: run the scenario, write ``result.json`` (rounds, timings, leftovers)."""
     from flwr.simulation import run_simulation
 
     from fedmeta import procs
+    from fedmeta.proc_backend import process_backend, start_forkserver
     from fedmeta.sim_backend import backend_settings, bounded_ray_backend
     from fedmeta.sim_logging import route_flower_logs
     from simulations.run import reporting
 
-    procs.become_subreaper()  # Ray's orphans stay below this process, to be counted
+    procs.become_subreaper()  # orphans (Ray's, the process backend's workers) stay below this process, to be counted
     route_flower_logs(out)
     results: dict = {"rounds": []}
     done = threading.Event()
     config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
               "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False,
                             "object_store_memory": 128 * 1024 * 1024},
-              **backend_settings(MESSAGE_TIMEOUT, {"query": QUERY_TIMEOUT, "train.fresh": FRESH_TIMEOUT})}
+              **backend_settings(MESSAGE_TIMEOUT, {"query": QUERY_TIMEOUT, "train.fresh": FRESH_TIMEOUT}, workers=2)}
     t0 = time.monotonic()
-    with bounded_ray_backend(stop=done) as name:
+    if backend == "process":
+        start_forkserver(preload=["fedmeta.proc_backend"])
+    with (bounded_ray_backend(stop=done) if backend == "ray" else process_backend(stop=done)) as name:
         run_simulation(server_app=reporting(_server_app(scenario, results), done), client_app=_client_app(),
                        num_supernodes=3, backend_name=name, backend_config=config)
     returned = time.monotonic()
-    while _ray_descendants() and time.monotonic() < returned + 10.0:
+    while _descendants() and time.monotonic() < returned + 10.0:
         time.sleep(0.2)
     (out / "result.json").write_text(json.dumps({
-        **results, "total": returned - t0, "after-done": returned - results["finished"], "left": _ray_descendants()}))
+        **results, "total": returned - t0, "after-done": returned - results["finished"], "left": _descendants()}))
     procs.end_tree(grace=1.0)  # e.g. `file -b python` of Flower's telemetry thread (platform.architecture())
 
 
-def _ray_descendants() -> list[str]:
-    """Command lines of this process's live descendants that belong to Ray (daemons, workers)."""
+def _descendants() -> list[str]:
+    """Command lines of this process's live descendants that belong to a backend: Ray's daemons
+    and workers, the fork server and its workers."""
     from fedmeta import procs
 
     lines = []
@@ -144,17 +151,17 @@ def _ray_descendants() -> list[str]:
             lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
         except OSError:
             continue
-    return [line[:200] for line in lines if "ray" in line]
+    return [line[:200] for line in lines if "ray" in line or "multiprocessing" in line]
 
 
-def _scenario(scenario: str, tmp_path: Path) -> tuple[dict, str, Path]:
+def _scenario(scenario: str, tmp_path: Path, backend: str) -> tuple[dict, str, Path]:
     from fedmeta.launch import child_env
 
     private = private_tmpdir()
     for sub in ("flwr-home", "ray"):
         (private / sub).mkdir()
     try:
-        proc = subprocess.run([sys.executable, __file__, scenario, str(tmp_path)], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, __file__, scenario, backend, str(tmp_path)], capture_output=True, text=True,
                               timeout=180, cwd=tmp_path, env={**child_env(private, ROOT), "TMPDIR": str(private)})
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert leftovers(private) == []
@@ -167,13 +174,17 @@ def _one_line(reason: str) -> bool:
     return "\n" not in reason and "\x1b" not in reason and len(reason) < 400
 
 
+BACKENDS = pytest.mark.parametrize("backend", ["process", "ray"])
+
+
 @pytest.mark.slow
-def test_a_hung_clientapp_times_out_and_its_actor_is_replaced(tmp_path):
-    result, stderr, _ = _scenario("hang", tmp_path)
+@BACKENDS
+def test_a_hung_clientapp_times_out_and_its_worker_is_replaced(tmp_path, backend):
+    result, stderr, _ = _scenario("hang", tmp_path, backend)
     rounds = result["rounds"]
     assert 0 not in rounds[0]["ok"] and rounds[0]["ok"] == [1, 2]
     assert all(_one_line(r) and "timed out" in r for row in rounds for r in row["errors"].values())
-    assert rounds[2]["ok"] == [1, 2]  # both original actors hung: these replies came from fresh ones
+    assert rounds[2]["ok"] == [1, 2]  # both original workers hung: these replies came from fresh ones
     assert rounds[3]["ok"] == []
     assert result["left"] == []
     # the run ends within its phases' bounds (discovery's start, the rounds, a last message), whatever hangs
@@ -183,13 +194,15 @@ def test_a_hung_clientapp_times_out_and_its_actor_is_replaced(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_crashed_or_failing_clientapp_fails_one_reply_in_one_line(tmp_path):
-    result, stderr, log_file = _scenario("crash", tmp_path)
+@BACKENDS
+def test_a_crashed_or_failing_clientapp_fails_one_reply_in_one_line(tmp_path, backend):
+    result, stderr, log_file = _scenario("crash", tmp_path, backend)
     first, *later = result["rounds"]
     assert first["ok"] == [2] and set(first["errors"]) == {"0", "1"}
     assert "died" in first["errors"]["0"] and "ValueError: boom" in first["errors"]["1"]
     assert all(_one_line(r) for r in first["errors"].values())
-    assert [row["ok"] for row in later] == [[0, 1, 2], [0, 1, 2]]  # the dead actor was replaced
+    assert [row["ok"] for row in later] == [[0, 1, 2], [0, 1, 2]]  # the dead worker was replaced
+    assert {n for row in result["rounds"] for n in row["nice"]} == {os.nice(0)}  # the clients run at our niceness
     assert result["left"] == []
     assert "Traceback" not in stderr and "\x1b[" not in stderr
     assert "Traceback" in log_file.read_text()
@@ -224,9 +237,11 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code, says", [(signal.SIGKILL, -9, None), (signal.SIGTERM, 143, "terminated"),
-                                             (signal.SIGINT, 130, "interrupted")], ids=["SIGKILL", "SIGTERM", "SIGINT"])
-def test_a_signalled_run_leaves_nothing_behind(sig, code, says, tmp_path):
+@pytest.mark.parametrize("sig, code, says, backend", [
+    (signal.SIGKILL, -9, None, "ray"), (signal.SIGTERM, 143, "terminated", "ray"), (signal.SIGINT, 130, "interrupted", "ray"),
+    (signal.SIGKILL, -9, None, "process"),  # its fork server and workers end too
+], ids=["SIGKILL", "SIGTERM", "SIGINT", "SIGKILL-process"])
+def test_a_signalled_run_leaves_nothing_behind(sig, code, says, backend, tmp_path):
     from fedmeta import procs
 
     private = private_tmpdir()
@@ -236,7 +251,7 @@ def test_a_signalled_run_leaves_nothing_behind(sig, code, says, tmp_path):
         with console[0].open("w") as out, console[1].open("w") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fedmeta", "run", "point-nav-smoke", "--no-plots", "--run-config",
-                 f"run-dir='{run_dir}' num-server-rounds=1000"],  # still running when signalled
+                 f"run-dir='{run_dir}' num-server-rounds=1000 simulation.backend='{backend}'"],  # still running when signalled
                 stdout=out, stderr=err, env={**os.environ, "TMPDIR": str(private)}, cwd=ROOT,
                 # as from an interactive shell: a test worker may run with SIGINT ignored (inherited)
                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -261,4 +276,4 @@ def test_a_signalled_run_leaves_nothing_behind(sig, code, says, tmp_path):
 
 
 if __name__ == "__main__":
-    run_scenario(sys.argv[1], Path(sys.argv[2]))
+    run_scenario(sys.argv[1], sys.argv[2], Path(sys.argv[3]))

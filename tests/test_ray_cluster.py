@@ -64,7 +64,8 @@ def test_a_run_joins_an_existing_ray_cluster_and_leaves_it_running(tmp_path):
         out = tmp_path / "out"
         proc = subprocess.run(
             [sys.executable, "-m", "fedmeta", "run", "point-nav-smoke", "--run-config",
-             f"simulation.ray-address='127.0.0.1:{port}' output-dir='{out}' num-server-rounds=1"],
+             f"simulation.backend='ray' simulation.ray-address='127.0.0.1:{port}' output-dir='{out}' "
+             "num-server-rounds=1"],
             cwd=ROOT, env={**os.environ, "TMPDIR": str(private)}, capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stderr[-3000:]
         (run_dir,) = out.iterdir()

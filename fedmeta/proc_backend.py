@@ -1,0 +1,323 @@
+"""A simulation backend whose workers are plain OS processes, forked from one preloaded server.
+
+Opt-in (``simulation.backend = "process"``; the default is Ray): it starts several seconds
+sooner, but on the 2-core development machine the default experiment's rounds ran slower than on
+Ray (``benchmarks/README.md``), for a reason not yet found.
+
+Flower's simulation engine (``vce_api``: the LinkState, the engine's worker threads, the
+ServerApp's ``Grid``) and the ClientApp stay exactly as they are; only the transport to the
+workers changes, through Flower's own backend interface (``Backend``: ``build``,
+``num_workers``, ``is_worker_idle``, ``process_message``, ``terminate``).  Instead of
+``ray.init`` and one Ray actor per CPU slot, each importing torch, gymnasium and Flower,
+:func:`start_forkserver` starts Python's ``multiprocessing`` fork server early, which imports
+the ClientApp's modules once (:data:`PRELOAD`) while the simulation process imports its own;
+:meth:`ProcessBackend.build` then forks one worker per slot from it.  A worker receives the
+ClientApp loader once (cloudpickle, as Ray ships it), then ``(message, partition, context)``
+per call over a pipe, and answers ``(reply, context)``.
+
+What :class:`fedmeta.sim_backend.BoundedRayBackend` guarantees, this backend keeps:
+
+- a bounded wait per message (:class:`fedmeta.sim_bounds.Bounds`: ``fed.round-timeout`` +
+  grace from when the ServerApp sent it); a worker that overruns it is killed and replaced by a
+  fresh fork, and the message is answered with a one-line error the strategy rejects;
+- a worker that dies (``os._exit``, a segfault, killed) is replaced; its message fails in one
+  line (:class:`~fedmeta.sim_bounds.ClientAppCrashed`);
+- a ClientApp's exception fails its reply in one line, ``<Type>: <first line>``; the worker's
+  traceback goes to the log file only;
+- once ``stop`` is set (the ServerApp finished) waits end at the next poll and the running
+  workers are stopped; :meth:`ProcessBackend.terminate` ends every worker and the fork server;
+- no worker outlives the run: each has the kernel send it SIGKILL when the fork server dies
+  (``PR_SET_PDEATHSIG``), and the fork server exits as soon as the simulation process is gone
+  (even after SIGKILL: its end of the fork server's "alive" pipe closes); an idle worker also
+  exits when its pipe to the simulation process closes;
+- niceness: the workers inherit the simulation process's (no Ray ``worker_niceness``);
+  ``OMP_NUM_THREADS`` is set to the client's CPU slots when unset, as Ray does for its actors.
+
+Workers: ``simulation.num-cpus // simulation.client-cpus``, and at most ``1 / client-gpus``
+when clients take a GPU fraction (the private Ray instance's pool size).  The workers see
+every GPU the simulation process sees (Ray would restrict each actor's ``CUDA_VISIBLE_DEVICES``).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from logging import DEBUG, ERROR, WARNING
+from multiprocessing.connection import Connection, wait
+from typing import Any, ContextManager
+
+import cloudpickle
+from flwr.app import Context, Message
+from flwr.clientapp.client_app import LoadClientAppError
+from flwr.common.constant import PARTITION_ID_KEY
+from flwr.common.logger import log
+from flwr.server.superlink.fleet.vce.backend.backend import Backend, BackendConfig
+
+from fedmeta import procs
+from fedmeta.sim_bounds import (
+    Bounds,
+    ClientAppCrashed,
+    ClientAppFailed,
+    ClientAppTimedOut,
+    RunEnded,
+    engine_backend,
+)
+from fedmeta.text import first_line
+
+#: what the fork server imports once, before it forks workers: the ClientApp and its imports, and
+#: ``torch._dynamo``, which a client's first ``torch.optim`` optimizer imports (2-10 s per worker
+#: on a busy machine, in the first round, otherwise)
+PRELOAD = ("fedmeta.proc_backend", "clients.client_app", "torch._dynamo")
+KILL_WAIT = 5.0  # seconds to wait for a killed worker to be gone
+_CONTEXT = multiprocessing.get_context("forkserver")
+_STARTED: list[str] = []  # helper processes start_forkserver started: "forkserver", "resource-tracker"
+procs.load_libc()  # in the fork server (it preloads this module), before it forks: workers call prctl
+
+
+def worker_count(num_cpus: int, client_cpus: float, client_gpus: float = 0.0) -> int:
+    """Workers for ``num_cpus`` CPUs at ``client_cpus`` each and, when ``client_gpus`` > 0, one
+    GPU shared in ``client_gpus`` fractions (the pool Flower sizes on a private Ray instance)."""
+    count = int(num_cpus / client_cpus)
+    if client_gpus > 0:
+        count = min(count, int(1.0 / client_gpus + 1e-9))
+    return max(count, 0)
+
+
+def start_forkserver(client_cpus: float = 1, preload: Sequence[str] = PRELOAD) -> None:
+    """Start the fork server now, so that it imports ``preload`` while this process does other
+    work (call it once ``sys.path`` is final: the server imports with this process's path).
+    Its workers get ``OMP_NUM_THREADS`` = ``client_cpus`` (floor, at least 1) unless it is set."""
+    server = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
+    if server._forkserver_pid is not None:  # already running (e.g. an earlier engine in this process)
+        return
+    if multiprocessing.resource_tracker._resource_tracker._pid is None:  # type: ignore[attr-defined]
+        _STARTED.append("resource-tracker")  # ensure_running starts it too
+    _STARTED.append("forkserver")
+    _CONTEXT.set_forkserver_preload(list(preload))
+    unset = "OMP_NUM_THREADS" not in os.environ
+    if unset:  # only the fork server's environment: this process has loaded its libraries already
+        os.environ["OMP_NUM_THREADS"] = str(max(math.floor(client_cpus), 1))
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        if unset:
+            del os.environ["OMP_NUM_THREADS"]
+
+
+def stop_forkserver() -> None:
+    """End the fork server, and multiprocessing's resource tracker if :func:`start_forkserver`
+    started it (both would also exit with this process)."""
+    helpers = {"forkserver": multiprocessing.forkserver._forkserver,  # type: ignore[attr-defined]
+               "resource-tracker": multiprocessing.resource_tracker._resource_tracker}  # type: ignore[attr-defined]
+    while _STARTED:
+        helpers[_STARTED.pop()]._stop()
+
+
+class _Worker:
+    """One worker process and this process's end of its pipe."""
+
+    def __init__(self, app_blob: bytes) -> None:
+        ours, theirs = _CONTEXT.Pipe(duplex=True)
+        self.process = _CONTEXT.Process(target=serve, args=(theirs, app_blob), name="fedmeta-clientapp")
+        self.process.start()
+        theirs.close()  # only the worker holds its end: its death reads as EOF here
+        self.conn: Connection = ours
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL the worker and wait until it is gone."""
+        self.conn.close()
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(KILL_WAIT)
+
+    def close(self, grace: float) -> None:
+        """Let the worker exit (its pipe closes); SIGKILL it after ``grace`` seconds."""
+        self.conn.close()
+        self.process.join(grace)
+        if self.process.exitcode is None:
+            self.kill()
+
+
+def serve(conn: Connection, app_blob: bytes) -> None:
+    """A worker's loop: one ClientApp call per job until the pipe closes.  Each call unpickles the
+    ClientApp loader afresh, as a Ray actor does with its call's arguments (no state carries over
+    from one call to the next through the ClientApp object or its closures).  Replies: ``("ok", message, context)``, ``("load", text, traceback)`` (the
+    ClientApp could not be loaded) or ``("raised", "<Type>: <first line>", traceback)``."""
+    procs.die_with_parent(os.getppid(), signal.SIGKILL)  # the fork server: it exits with the simulation
+    while True:
+        try:
+            job = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the simulation process closed the pipe or is gone
+        message, partition, context = pickle.loads(job)
+        try:
+            try:
+                app = pickle.loads(app_blob)()
+            except Exception as exc:
+                reply: tuple[Any, ...] = ("load", first_line(str(exc)) or type(exc).__name__, traceback.format_exc())
+            else:
+                reply = ("ok", app(message=message, context=context), context)
+            out = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # the ClientApp raised, or its reply cannot be sent
+            text = first_line(str(exc))
+            out = pickle.dumps(("raised", f"{type(exc).__name__}: {text}" if text else type(exc).__name__,
+                                traceback.format_exc()), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            conn.send_bytes(out)
+        except (BrokenPipeError, OSError):
+            return
+
+
+class ProcessBackend(Backend):
+    """Flower's backend interface on forked worker processes (see the module docstring).
+
+    ``backend_config["fedmeta"]`` (:func:`fedmeta.sim_bounds.backend_settings`): the message
+    timeouts, ``poll_interval`` and ``workers`` (the pool size, :func:`worker_count`).
+    ``stop``: once set, waits end at the next poll and no new call starts.
+    """
+
+    def __init__(self, backend_config: BackendConfig, stop: threading.Event | None = None) -> None:
+        super().__init__(backend_config)
+        self.bounds = Bounds(backend_config)
+        self.size = int(self.bounds.own.get("workers", 1))
+        if self.size < 1:
+            raise ValueError("the process backend needs at least one worker; check simulation.num-cpus, "
+                             "simulation.client-cpus and simulation.client-gpus")
+        self.stop = stop or threading.Event()
+        self.idle: queue.Queue[_Worker] = queue.Queue()
+        self.workers: set[_Worker] = set()  # idle and busy
+        self._lock = threading.Lock()
+        self._app_blob: bytes | None = None
+
+    @property
+    def num_workers(self) -> int:
+        """Messages processed at once (the engine starts this many threads)."""
+        return self.size
+
+    def is_worker_idle(self) -> bool:
+        return not self.idle.empty()
+
+    def build(self, app_fn: Callable[[], Any]) -> None:
+        """Fork the workers (waits for the fork server's imports the first time)."""
+        start_forkserver()  # no-op when the caller started it early, as it should
+        self._app_blob = cloudpickle.dumps(app_fn)
+        for _ in range(self.size):
+            self.idle.put(self._fresh())
+        log(DEBUG, "ProcessBackend: %d workers", self.size)
+
+    def _fresh(self) -> _Worker:
+        assert self._app_blob is not None, "build() first"
+        worker = _Worker(self._app_blob)
+        with self._lock:
+            self.workers.add(worker)
+        return worker
+
+    def _drop(self, worker: _Worker) -> None:
+        with self._lock:
+            self.workers.discard(worker)
+        worker.kill()
+
+    def _take(self) -> _Worker:
+        """An idle worker (a live one: a worker that died while idle is replaced first)."""
+        while True:
+            try:
+                worker = self.idle.get(timeout=self.bounds.poll_interval)
+            except queue.Empty:
+                if self.stop.is_set():
+                    raise RunEnded("the run ended before the ClientApp started") from None
+                continue
+            if worker.process.is_alive():
+                return worker
+            self._drop(worker)
+            self.idle.put(self._fresh())
+
+    def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
+        """Run the ClientApp on an idle worker; return its reply or raise a one-line error."""
+        if self.stop.is_set():
+            raise RunEnded("the run ended before the ClientApp started")
+        if self._app_blob is None:
+            raise ValueError("Call the backend's `build()` method before processing messages.")
+        partition = str(context.node_config[PARTITION_ID_KEY])
+        timeout, left = self.bounds.time_left(message)
+        worker = self._take()
+        try:
+            worker.conn.send_bytes(pickle.dumps((message, partition, context), protocol=pickle.HIGHEST_PROTOCOL))
+            answer = self._wait(worker, left, timeout)
+        except (ClientAppCrashed, BrokenPipeError, EOFError, ConnectionResetError) as exc:
+            self._replace(worker)
+            reason = str(exc) if isinstance(exc, ClientAppCrashed) else f"its pipe broke ({type(exc).__name__})"
+            raise ClientAppCrashed(f"ClientApp's worker died ({reason}); it was replaced") from None
+        except ClientAppTimedOut:
+            self._replace(worker)
+            exc = ClientAppTimedOut(f"ClientApp timed out after {timeout:g} s; its worker was replaced")
+            log(WARNING, "partition %s: %s", partition, exc)
+            raise exc from None
+        except RunEnded:
+            self._drop(worker)
+            raise
+        self.idle.put(worker)
+        kind, *rest = answer
+        if kind == "ok":
+            return rest[0], rest[1]
+        log(ERROR, rest[1])  # the worker's traceback: a detail record, for the log file (fedmeta.sim_logging)
+        if kind == "load":
+            raise LoadClientAppError(rest[0])
+        raise ClientAppFailed(rest[0])
+
+    def _wait(self, worker: _Worker, left: float, timeout: float) -> tuple[Any, ...]:
+        """The worker's answer; :class:`ClientAppTimedOut` after ``left`` more seconds (of the
+        message's ``timeout``; 0 = never), :class:`RunEnded` once ``stop`` is set,
+        :class:`ClientAppCrashed` when the worker exits without answering."""
+        deadline = time.monotonic() + left if timeout > 0 else None
+        while True:
+            slice_ = self.bounds.poll_interval if deadline is None else min(self.bounds.poll_interval,
+                                                                             deadline - time.monotonic())
+            ready = wait([worker.conn, worker.process.sentinel], timeout=max(slice_, 0.0))
+            if worker.conn in ready:
+                return pickle.loads(worker.conn.recv_bytes())  # EOFError: it died before answering
+            if ready:
+                raise ClientAppCrashed(f"exit code {worker.process.exitcode}")
+            if self.stop.is_set():
+                raise RunEnded("the run ended while the ClientApp was running; its worker was stopped")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ClientAppTimedOut(f"ClientApp timed out after {timeout:g} s")
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill ``worker``; unless the run is ending, put a fresh one in the pool."""
+        self._drop(worker)
+        if not self.stop.is_set():
+            self.idle.put(self._fresh())
+
+    def terminate(self) -> None:
+        """Stop pending waits; end every worker (idle ones exit when their pipe closes) and the fork server."""
+        self.stop.set()
+        with self._lock:
+            workers = list(self.workers)
+            self.workers.clear()
+        for worker in workers:
+            worker.conn.close()
+        deadline = time.monotonic() + 2.0
+        for worker in workers:
+            worker.close(max(0.0, deadline - time.monotonic()))
+        stop_forkserver()
+        log(DEBUG, "Terminated ProcessBackend")
+
+
+def process_backend(stop: threading.Event | None = None) -> ContextManager[str]:
+    """Within the block, Flower's simulation engine builds a :class:`ProcessBackend`; yields the
+    ``backend_name`` to pass to ``run_simulation``."""
+    return engine_backend(lambda config: ProcessBackend(config, stop=stop))
