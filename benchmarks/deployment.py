@@ -175,7 +175,7 @@ def run_setup(name: str, rounds: int, extra: str, poll: float | None, keep: Path
                                      "--port", str(free_port()), "--node-config", f'task-id={i} device="cpu"'],
                         stamp=True)
             wait_online(env, tmp, 3)
-            pids = [q.pid for q in p.started.values()]
+            pids = [q.pid for q in p.started]
             watcher = threading.Thread(target=watch_rows, args=(run_dir / "rounds.jsonl", stop, seen, pids),
                                        daemon=True)
             watcher.start()

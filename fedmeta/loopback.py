@@ -67,7 +67,7 @@ class Processes:
     def __init__(self, cwd: Path, env: dict[str, str], logs: Path) -> None:
         self.cwd, self.env, self.logs = cwd, env, logs
         logs.mkdir(parents=True, exist_ok=True)
-        self.started: dict[str, subprocess.Popen] = {}
+        self.started: list[subprocess.Popen] = []  # in start order (a restarted name appears twice)
         self._files: list[IO[str]] = []
         self._readers: list[threading.Thread] = []
 
@@ -83,24 +83,26 @@ class Processes:
             reader = threading.Thread(target=_stamp_lines, args=(proc.stdout, out), daemon=True)
             reader.start()
             self._readers.append(reader)
-        self.started[name] = proc
+        self.started.append(proc)
         return proc
 
     def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text()
+        return (self.logs / f"{name}.log").read_text(errors="replace")
 
     def stop(self, grace: float = 10.0) -> list[int]:
-        """End every started process, then everything it spawned; returns the started PIDs."""
-        pids = [p.pid for p in self.started.values()]
-        for pid in pids:
-            procs.terminate([pid, *procs.descendants(pid)], grace=grace)
-        for p in self.started.values():
-            p.wait(timeout=30)
+        """End every started process that still runs, then everything it spawned; returns the
+        started PIDs.  A process that has exited (and been reaped) is not signalled: its PID may
+        belong to another process by now."""
+        for proc in self.started:
+            if proc.poll() is None:
+                procs.terminate([proc.pid, *procs.descendants(proc.pid)], grace=grace)
+        for proc in self.started:
+            proc.wait(timeout=30)
         for reader in self._readers:
             reader.join(timeout=10)
         for out in self._files:
             out.close()
-        return pids
+        return [proc.pid for proc in self.started]
 
 
 def _stamp_lines(source: IO[bytes], out: IO[str]) -> None:

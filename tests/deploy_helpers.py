@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from fedmeta import procs
-from fedmeta.loopback import BIN, flwr_env, free_port, wait_online, wait_port
+from fedmeta.loopback import BIN, Processes, flwr_env, free_port, wait_online, wait_port
 from helpers import processes_with_tmpdir
 
 
@@ -38,20 +38,20 @@ class Loopback:
         self.port = free_port()
         home = workdir / "flwr-home"
         self.logs, self.tmp = workdir / "logs", workdir / "tmp"
-        for folder in (home, self.logs, self.tmp):
+        for folder in (home, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\n'
                                           f'address = "127.0.0.1:{self.port}"\n{connection}')
         self.env = {**flwr_env(home, root), "TMPDIR": str(self.tmp)}
-        self.started: list[subprocess.Popen] = []
+        self.processes = Processes(workdir, self.env, self.logs)
+
+    @property
+    def started(self) -> list[subprocess.Popen]:
+        return self.processes.started
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         """Start ``cmd`` (a program in the venv's bin) in a session of its own."""
-        with open(self.logs / f"{name}.log", "a") as out:
-            proc = subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], cwd=self.workdir, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        self.started.append(proc)
-        return proc
+        return self.processes.start(name, [str(BIN / cmd[0]), *cmd[1:]])
 
     def start_superlink(self, *flags: str) -> subprocess.Popen:
         """``flower-superlink`` on this deployment's port (``flags``: TLS, auth), its state in ``state.db``;
@@ -78,16 +78,12 @@ class Loopback:
         wait_online(self.env, self.workdir, count, timeout)
 
     def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
+        return self.processes.log(name)
 
     def close(self) -> None:
         """End every started process and all its descendants by PID, then whatever else carries this
         deployment's ``TMPDIR`` (a process whose parent was killed)."""
-        for proc in self.started:
-            if proc.poll() is None:  # an exited, reaped process's PID may belong to someone else by now
-                procs.terminate([proc.pid, *procs.descendants(proc.pid)], grace=10.0)
-        for proc in self.started:
-            proc.wait(timeout=30)
+        self.processes.stop()
         orphans = processes_with_tmpdir(self.tmp)
         if orphans:
             procs.terminate(orphans, grace=5.0)
