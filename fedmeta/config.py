@@ -683,14 +683,21 @@ def load_plugins(spec: str, path: str = "") -> None:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         return
+    dirs = plugin_search_path(path)
+    importlib.invalidate_caches()  # a plug-in directory created after an earlier failed import
+    for name in names:
+        _import_plugin(name, dirs)
+
+
+def plugin_search_path(path: str) -> list[str]:
+    """Put the ``plugins-path`` directories at the front of ``sys.path`` (in order) and the working
+    directory at its end, where missing (see :func:`load_plugins`); returns the directories."""
     dirs = plugin_dirs(path)
     for position, directory in enumerate(d for d in dirs if d not in sys.path):
         sys.path.insert(position, directory)
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())
-    importlib.invalidate_caches()  # a plug-in directory created after an earlier failed import
-    for name in names:
-        _import_plugin(name, dirs)
+    return dirs
 
 
 def _import_plugin(name: str, dirs: list[str]) -> None:
