@@ -259,9 +259,10 @@ class FaultConfig:
 class SimulationConfig:
     """Resources of the local simulation runtime (fedmeta run)."""
 
-    backend: str = field(default="ray", metadata=_doc("where the virtual clients run: ray (Ray actors; needed for "
-                                                      "simulation.ray-address) | process (worker processes forked from "
-                                                      "one that imported the ClientApp once: quicker start-up)"))
+    backend: str = field(default="process", metadata=_doc("where the virtual clients run: process (worker processes "
+                                                          "forked from one that imported the ClientApp once: quicker "
+                                                          "start-up and rounds) | ray (Ray actors; needed for "
+                                                          "simulation.ray-address)"))
     num_cpus: int = field(default=2, metadata=_doc("CPUs given to the simulation engine"))
     client_cpus: int = field(default=1, metadata=_doc("CPUs per virtual client"))
     client_gpus: float = field(default=0.0, metadata=_doc("GPU fraction per virtual client"))
