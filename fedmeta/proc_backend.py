@@ -1,8 +1,8 @@
 """A simulation backend whose workers are plain OS processes, forked from one preloaded server.
 
-Opt-in (``simulation.backend = "process"``; the default is Ray): it starts several seconds
-sooner, but on the 2-core development machine the default experiment's rounds ran slower than on
-Ray (``benchmarks/README.md``), for a reason not yet found.
+The default (``simulation.backend = "process"``; ``"ray"`` for Ray actors, needed to join a
+Ray cluster): no ``ray.init`` and no per-actor imports, so a run starts several seconds sooner
+and its rounds wait less (``benchmarks/README.md``, "Flower's overhead in simulation").
 
 Flower's simulation engine (``vce_api``: the LinkState, the engine's worker threads, the
 ServerApp's ``Grid``) and the ClientApp stay exactly as they are; only the transport to the
