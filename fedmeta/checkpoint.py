@@ -20,7 +20,8 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from logging import WARNING
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,65 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
 
 def save(run_dir: str | Path, server_round: int, tree: Mapping[str, Any]) -> Path:
     """Write round ``server_round``'s checkpoint atomically, then drop all but the newest :data:`KEEP`."""
+    return write(run_dir, server_round, pack_round(server_round, tree))
+
+
+def pack_round(server_round: int, tree: Mapping[str, Any]) -> bytes:
+    """The bytes of round ``server_round``'s checkpoint (:func:`pack` of ``tree`` with its round and format)."""
+    return pack({**tree, "round": int(server_round), "format": FORMAT})
+
+
+def write(run_dir: str | Path, server_round: int, payload: bytes) -> Path:
+    """Write :func:`pack_round`'s ``payload`` atomically (fsync, rename, fsync of the folder), then
+    drop all but the newest :data:`KEEP` checkpoints."""
     path = checkpoint_path(run_dir, server_round)
-    atomic_write_bytes(path, pack({**tree, "round": int(server_round), "format": FORMAT}))
+    atomic_write_bytes(path, payload)
     fsync_dir(path.parent)
     for old in checkpoints(run_dir)[KEEP:]:
         old.unlink(missing_ok=True)
     return path
+
+
+class BackgroundWriter:
+    """Writes each round's checkpoint on a thread while the next round runs.
+
+    The writes (the results files' fsync, then the checkpoint's: ~10 ms a round) no longer wait
+    between one round's replies and the next round's messages.  :meth:`submit` packs the state
+    at once (a snapshot: the next round may change it), waits for the previous write, then
+    starts this one; so writes stay in round order, at most one is in flight, and a checkpoint
+    is on disk only after the results rows it counts (``sync`` first).  A process killed during
+    a write leaves the previous checkpoint, as before, and a resumed run continues from it.  A
+    write's error is raised by the next :meth:`submit` or by :meth:`wait`; call :meth:`wait`
+    before the run ends."""
+
+    def __init__(self, run_dir: str | Path, sync: Callable[[], None]) -> None:
+        self.run_dir = Path(run_dir)
+        self.sync = sync
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, server_round: int, tree: Mapping[str, Any]) -> None:
+        payload = pack_round(server_round, tree)
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(server_round, payload),
+                                        name="fedmeta-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _write(self, server_round: int, payload: bytes) -> None:
+        try:
+            self.sync()
+            write(self.run_dir, server_round, payload)
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the round loop's thread)
+            self._error = exc
+
+    def wait(self) -> None:
+        """Wait for the write in flight; raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_latest(run_dir: str | Path) -> tuple[dict[str, Any], Path] | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tomllib
@@ -469,10 +470,22 @@ def main(argv: list[str] | None = None) -> int:
 
             return supernode_main(args_list[1:])
         args = parser.parse_args(args_list)
-        return int(args.func(args))
+        code = int(args.func(args))
+        if argv is None and args.func is cmd_run:
+            exit_without_teardown(code)
+        return code
     except ConfigError as exc:
         print(f"fedmeta: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """Leave a finished ``fedmeta run`` at once: flush, then ``os._exit``.  Its simulation and
+    every process it started have ended (:mod:`fedmeta.launch`) and its files are written and
+    closed; what is left, the interpreter's teardown of torch, Flower and MuJoCo, took 0.6 s."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

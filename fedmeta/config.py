@@ -259,9 +259,10 @@ class FaultConfig:
 class SimulationConfig:
     """Resources of the local simulation runtime (fedmeta run)."""
 
-    backend: str = field(default="ray", metadata=_doc("where the virtual clients run: ray (Ray actors; needed for "
-                                                      "simulation.ray-address) | process (worker processes forked from "
-                                                      "one that imported the ClientApp once: quicker start-up)"))
+    backend: str = field(default="process", metadata=_doc("where the virtual clients run: process (worker processes "
+                                                          "forked from one that imported the ClientApp once: quicker "
+                                                          "start-up and rounds) | ray (Ray actors; needed for "
+                                                          "simulation.ray-address)"))
     num_cpus: int = field(default=2, metadata=_doc("CPUs given to the simulation engine"))
     client_cpus: int = field(default=1, metadata=_doc("CPUs per virtual client"))
     client_gpus: float = field(default=0.0, metadata=_doc("GPU fraction per virtual client"))
@@ -683,14 +684,21 @@ def load_plugins(spec: str, path: str = "") -> None:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         return
+    dirs = plugin_search_path(path)
+    importlib.invalidate_caches()  # a plug-in directory created after an earlier failed import
+    for name in names:
+        _import_plugin(name, dirs)
+
+
+def plugin_search_path(path: str) -> list[str]:
+    """Put the ``plugins-path`` directories at the front of ``sys.path`` (in order) and the working
+    directory at its end, where missing (see :func:`load_plugins`); returns the directories."""
     dirs = plugin_dirs(path)
     for position, directory in enumerate(d for d in dirs if d not in sys.path):
         sys.path.insert(position, directory)
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())
-    importlib.invalidate_caches()  # a plug-in directory created after an earlier failed import
-    for name in names:
-        _import_plugin(name, dirs)
+    return dirs
 
 
 def _import_plugin(name: str, dirs: list[str]) -> None:

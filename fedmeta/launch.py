@@ -1,7 +1,9 @@
 """Run ``simulations.run`` in a child process; end everything it started, on any exit.
 
-The child runs in its own session under a private temporary directory (``FLWR_HOME``,
-``RAY_TMPDIR``).  This process adopts every orphaned descendant (``fedmeta.procs``) and ends
+The child is a fork of this process (:class:`ForkedChild`): ``fedmeta run`` has imported torch,
+Flower and the project to check the config, and a fresh interpreter would import them again
+(~3 s); the child's environment is what a fresh one would get (:func:`child_env`).  It runs in
+its own session under a private temporary directory (``FLWR_HOME``, ``RAY_TMPDIR``).  This process adopts every orphaned descendant (``fedmeta.procs``) and ends
 them all when the child exits, fails or is interrupted; if this process dies, even by
 SIGKILL, the kernel sends the child SIGTERM (``PR_SET_PDEATHSIG``) and the child ends its
 own descendants and removes the temporary directory (``simulations.run``).
@@ -21,8 +23,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any, NoReturn
 
 from fedmeta import procs
 from fedmeta.config import Scalar
@@ -73,9 +77,7 @@ def run_simulation_child(flat: dict[str, Scalar], run_dir: Path) -> int:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         child = None
         try:
-            child = subprocess.Popen([sys.executable, "-m", "simulations.run", json.dumps(flat)], cwd=run_dir,
-                                     env=child_env(tmp, root), start_new_session=True,
-                                     preexec_fn=functools.partial(procs.die_with_parent, os.getpid()))
+            child = start_child(flat, run_dir, child_env(tmp, root), previous)
             return wait_for(child, tmp / DONE_FILE)
         except KeyboardInterrupt:
             print("\nfedmeta: interrupted; stopping the simulation", file=sys.stderr)
@@ -88,7 +90,88 @@ def run_simulation_child(flat: dict[str, Scalar], run_dir: Path) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _stop(child: subprocess.Popen[bytes] | None) -> None:
+def start_child(flat: dict[str, Scalar], run_dir: Path, env: dict[str, str],
+                sigterm: Any = signal.SIG_DFL) -> ForkedChild | subprocess.Popen[bytes]:
+    """The simulation child: a :class:`ForkedChild` when this process runs one thread (``fedmeta
+    run``), else (a fork of a multi-threaded process may inherit a lock some other thread held)
+    a fresh ``python -m simulations.run``."""
+    if threading.active_count() == 1:
+        return ForkedChild(flat, run_dir, env, sigterm)
+    return subprocess.Popen([sys.executable, "-m", "simulations.run", json.dumps(flat)], cwd=run_dir, env=env,
+                            start_new_session=True, preexec_fn=functools.partial(procs.die_with_parent, os.getpid()))
+
+
+class ForkedChild:
+    """``python -m simulations.run '<flat JSON>'`` in ``run_dir`` with environment ``env``, in a new
+    session, killed by the kernel's SIGTERM when this process dies, but forked from this process
+    instead of started afresh: what this process has imported stays imported.
+
+    Call it from the main thread of a process that runs no other thread (the fork copies only the
+    calling thread).  ``sigterm`` is the SIGTERM handler to restore in the child (this process's
+    own was replaced).  The subset of ``subprocess.Popen`` :func:`wait_for` and :func:`_stop` use:
+    ``pid``, ``poll()``, ``wait(timeout)``."""
+
+    def __init__(self, flat: dict[str, Scalar], run_dir: Path, env: dict[str, str], sigterm: Any = signal.SIG_DFL) -> None:
+        parent = os.getpid()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the child would write this process's buffered output again
+        self.pid = os.fork()
+        self.returncode: int | None = None
+        if self.pid == 0:
+            _become_simulation(flat, run_dir, env, parent, sigterm)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        end = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(["simulations.run"], timeout or 0.0)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+
+def _become_simulation(flat: dict[str, Scalar], run_dir: Path, env: dict[str, str], parent: int, sigterm: Any) -> NoReturn:
+    """In the forked child: what ``subprocess.Popen([python, "-m", "simulations.run", ...], cwd=run_dir,
+    env=env, start_new_session=True, preexec_fn=die_with_parent)`` would have set up, then
+    ``simulations.run``; never returns to the caller's code."""
+    code = 1
+    try:
+        os.setsid()
+        procs.die_with_parent(parent)
+        signal.signal(signal.SIGTERM, sigterm)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir(run_dir)
+        os.environ.clear()
+        os.environ.update(env)
+        for entry in reversed(env["PYTHONPATH"].split(os.pathsep)):  # what PYTHONPATH gives a fresh interpreter
+            if entry and entry not in sys.path:
+                sys.path.insert(0, entry)
+        for stream in (sys.stdout, sys.stderr):  # PYTHONUNBUFFERED: progress lines reach a pipe as they are printed
+            stream.reconfigure(line_buffering=True)
+        import simulations.run as simulation
+
+        sys.modules["__main__"] = simulation  # as under python -m: multiprocessing's workers see this __main__
+        simulation.run([json.dumps(flat)])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _stop(child: ForkedChild | subprocess.Popen[bytes] | None) -> None:
     """End the child and every other descendant; a second Ctrl-C or SIGTERM waits for this."""
     handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -100,7 +183,7 @@ def _stop(child: subprocess.Popen[bytes] | None) -> None:
             signal.signal(sig, handler)
 
 
-def wait_for(child: subprocess.Popen[bytes], done_file: Path, poll: float = 0.5) -> int:
+def wait_for(child: ForkedChild | subprocess.Popen[bytes], done_file: Path, poll: float = 0.5) -> int:
     """The child's exit status; or, if it outlives its ServerApp by :data:`EXIT_GRACE` seconds,
     the ServerApp's outcome from ``done_file`` (the caller then ends the child)."""
     done_at: float | None = None

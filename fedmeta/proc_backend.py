@@ -1,16 +1,16 @@
 """A simulation backend whose workers are plain OS processes, forked from one preloaded server.
 
-Opt-in (``simulation.backend = "process"``; the default is Ray): it starts several seconds
-sooner, but on the 2-core development machine the default experiment's rounds ran slower than on
-Ray (``benchmarks/README.md``), for a reason not yet found.
+The default (``simulation.backend = "process"``; ``"ray"`` for Ray actors, needed to join a
+Ray cluster): no ``ray.init`` and no per-actor imports, so a run starts several seconds sooner
+and its rounds wait less (``benchmarks/README.md``, "Flower's overhead in simulation").
 
 Flower's simulation engine (``vce_api``: the LinkState, the engine's worker threads, the
 ServerApp's ``Grid``) and the ClientApp stay exactly as they are; only the transport to the
 workers changes, through Flower's own backend interface (``Backend``: ``build``,
 ``num_workers``, ``is_worker_idle``, ``process_message``, ``terminate``).  Instead of
 ``ray.init`` and one Ray actor per CPU slot, each importing torch, gymnasium and Flower,
-:func:`start_forkserver` starts Python's ``multiprocessing`` fork server early, which imports
-the ClientApp's modules once (:data:`PRELOAD`) while the simulation process imports its own;
+:func:`fedmeta.forkserver.start_forkserver` starts Python's ``multiprocessing`` fork server early, which imports
+the ClientApp's modules once (:data:`~fedmeta.forkserver.PRELOAD`) while the simulation process imports its own;
 :meth:`ProcessBackend.build` then forks one worker per slot from it.  A worker receives the
 ClientApp loader once (cloudpickle, as Ray ships it), then ``(message, partition, context)``
 per call over a pipe, and answers ``(reply, context)``.
@@ -40,10 +40,6 @@ every GPU the simulation process sees (Ray would restrict each actor's ``CUDA_VI
 
 from __future__ import annotations
 
-import math
-import multiprocessing
-import multiprocessing.forkserver
-import multiprocessing.resource_tracker
 import os
 import pickle
 import queue
@@ -51,7 +47,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from logging import DEBUG, ERROR, WARNING
 from multiprocessing.connection import Connection, wait
 from typing import Any, ContextManager
@@ -64,6 +60,7 @@ from flwr.common.logger import log
 from flwr.server.superlink.fleet.vce.backend.backend import Backend, BackendConfig
 
 from fedmeta import procs
+from fedmeta.forkserver import CONTEXT, PRELOAD, start_forkserver, stop_forkserver  # noqa: F401  (PRELOAD: re-exported)
 from fedmeta.sim_bounds import (
     Bounds,
     ClientAppCrashed,
@@ -74,13 +71,7 @@ from fedmeta.sim_bounds import (
 )
 from fedmeta.text import first_line
 
-#: what the fork server imports once, before it forks workers: the ClientApp and its imports, and
-#: ``torch._dynamo``, which a client's first ``torch.optim`` optimizer imports (2-10 s per worker
-#: on a busy machine, in the first round, otherwise)
-PRELOAD = ("fedmeta.proc_backend", "clients.client_app", "torch._dynamo")
 KILL_WAIT = 5.0  # seconds to wait for a killed worker to be gone
-_CONTEXT = multiprocessing.get_context("forkserver")
-_STARTED: list[str] = []  # helper processes start_forkserver started: "forkserver", "resource-tracker"
 procs.load_libc()  # in the fork server (it preloads this module), before it forks: workers call prctl
 
 
@@ -93,42 +84,12 @@ def worker_count(num_cpus: int, client_cpus: float, client_gpus: float = 0.0) ->
     return max(count, 0)
 
 
-def start_forkserver(client_cpus: float = 1, preload: Sequence[str] = PRELOAD) -> None:
-    """Start the fork server now, so that it imports ``preload`` while this process does other
-    work (call it once ``sys.path`` is final: the server imports with this process's path).
-    Its workers get ``OMP_NUM_THREADS`` = ``client_cpus`` (floor, at least 1) unless it is set."""
-    server = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
-    if server._forkserver_pid is not None:  # already running (e.g. an earlier engine in this process)
-        return
-    if multiprocessing.resource_tracker._resource_tracker._pid is None:  # type: ignore[attr-defined]
-        _STARTED.append("resource-tracker")  # ensure_running starts it too
-    _STARTED.append("forkserver")
-    _CONTEXT.set_forkserver_preload(list(preload))
-    unset = "OMP_NUM_THREADS" not in os.environ
-    if unset:  # only the fork server's environment: this process has loaded its libraries already
-        os.environ["OMP_NUM_THREADS"] = str(max(math.floor(client_cpus), 1))
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        if unset:
-            del os.environ["OMP_NUM_THREADS"]
-
-
-def stop_forkserver() -> None:
-    """End the fork server, and multiprocessing's resource tracker if :func:`start_forkserver`
-    started it (both would also exit with this process)."""
-    helpers = {"forkserver": multiprocessing.forkserver._forkserver,  # type: ignore[attr-defined]
-               "resource-tracker": multiprocessing.resource_tracker._resource_tracker}  # type: ignore[attr-defined]
-    while _STARTED:
-        helpers[_STARTED.pop()]._stop()
-
-
 class _Worker:
     """One worker process and this process's end of its pipe."""
 
     def __init__(self, app_blob: bytes) -> None:
-        ours, theirs = _CONTEXT.Pipe(duplex=True)
-        self.process = _CONTEXT.Process(target=serve, args=(theirs, app_blob), name="fedmeta-clientapp")
+        ours, theirs = CONTEXT.Pipe(duplex=True)
+        self.process = CONTEXT.Process(target=serve, args=(theirs, app_blob), name="fedmeta-clientapp")
         self.process.start()
         theirs.close()  # only the worker holds its end: its death reads as EOF here
         self.conn: Connection = ours

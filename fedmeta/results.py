@@ -22,11 +22,13 @@ torn last line, which :func:`read_jsonl` ignores.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import secrets
 import subprocess
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
@@ -47,7 +49,16 @@ def default_run_dir(output_dir: str | Path, experiment: str, algorithm: str, see
 
 
 def package_versions() -> dict[str, str]:
-    """Installed versions of the packages a result depends on, plus Python."""
+    """Installed versions of the packages a result depends on, plus Python (a fresh dict each call).
+
+    Looked up once per process: ``importlib.metadata`` scans and parses every installed
+    distribution's metadata on each call (~10-20 ms), and the server writes these versions into
+    every round's checkpoint; what a running process has imported does not change under it."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -92,16 +103,19 @@ def _create_temp(path: Path, mode: int = 0o666) -> tuple[int, Path]:
             continue
 
 
-def atomic_write_bytes(path: Path, payload: bytes, mode: int = 0o666) -> None:
+def atomic_write_bytes(path: Path, payload: bytes, mode: int = 0o666, durable: bool = True) -> None:
     """Write via a temp file in the same directory, fsync, then rename over ``path``; the file gets
-    ``mode`` less the umask (by default what a plain ``open()`` gives; 0o600 for private files)."""
+    ``mode`` less the umask (by default what a plain ``open()`` gives; 0o600 for private files).
+    ``durable=False`` skips the fsync: readers still see the old or the new file whole, but a
+    power loss may leave the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -192,6 +206,7 @@ class RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._fds: dict[str, int] = {}  # JSONL file name → fd opened O_APPEND
         self._created = False  # a JSONL file was created since the last sync (fsync the directory too)
+        self._lock = threading.Lock()  # _fds and _created: sync may run on the checkpoint writer's thread
         self._listeners: dict[str, list[RowListener]] = {}
         weakref.finalize(self, _close_all, self._fds)  # a writer never closed does not leak its fds
 
@@ -206,14 +221,16 @@ class RunWriter:
         left by a crash is cut off first, so the next row starts on a line of its own."""
         if key not in self._fds:
             path = self.run_dir / key
-            self._created |= not path.exists()
+            created = not path.exists()
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
                 _repair_tail(fd, path)
             except BaseException:
                 os.close(fd)
                 raise
-            self._fds[key] = fd
+            with self._lock:
+                self._created |= created
+                self._fds[key] = fd
         return self._fds[key]
 
     def write_config(self, flat_config: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
@@ -240,13 +257,15 @@ class RunWriter:
             listener(new)
 
     def sync(self) -> None:
-        """fsync every JSONL file appended to (and, after a file was created, the directory): the
-        strategy calls this at every round end."""
-        for fd in self._fds.values():
+        """fsync every JSONL file appended to (and, after a file was created, the directory): at
+        every round end, before the round's checkpoint.  Safe on another thread than the one
+        appending (the checkpoint writer's, :class:`fedmeta.checkpoint.BackgroundWriter`)."""
+        with self._lock:
+            fds, created, self._created = list(self._fds.values()), self._created, False
+        for fd in fds:
             os.fsync(fd)
-        if self._created:
+        if created:
             fsync_dir(self.run_dir)
-            self._created = False
 
     def close(self) -> None:
         """:meth:`sync`, then close the JSONL files (a later append opens them again)."""
@@ -260,14 +279,17 @@ class RunWriter:
         with open(self.run_dir / name, "a", encoding="utf-8") as fh:
             fh.write(text.rstrip("\n") + "\n")
 
-    def save_meta_policy(self, arrays: Mapping[str, np.ndarray], server_round: int, name: str = "meta_policy.pt") -> None:
+    def save_meta_policy(self, arrays: Mapping[str, np.ndarray], server_round: int, name: str = "meta_policy.pt",
+                         durable: bool = True) -> None:
+        """``name`` ← ``{"round", "state_dict"}``, atomically; ``durable=False`` (the strategy's
+        every-round copy) without fsync: each round's w is also in its fsynced checkpoint."""
         import io
 
         import torch
 
         buf = io.BytesIO()
         torch.save({"round": server_round, "state_dict": {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}}, buf)
-        atomic_write_bytes(self.run_dir / name, buf.getvalue())
+        atomic_write_bytes(self.run_dir / name, buf.getvalue(), durable=durable)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         atomic_write_json(self.run_dir / "summary.json", summary)

@@ -8,8 +8,8 @@ a core), capped at Flower's 0.1 s.
 
 Flower internals relied on (re-check on a Flower upgrade): ``run_api`` starts
 ``threading.Thread(target=add_messages_to_queue, args=(state, queue, nodes_mapping, f_stop))``,
-looking the function up in ``vce_api`` when the engine starts; ``state.get_message_ins(node_id=,
-limit=1)``.
+looking the function up in ``vce_api`` when the engine starts, and makes its two queues with
+``vce_api``'s ``Queue``; ``state.get_message_ins(node_id=, limit=1)``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from flwr.server.superlink.fleet.vce import vce_api
 
 FLOWER_INTERVAL = 0.1  # Flower's own wait in the engine's loop (s)
 SWEEP_FACTOR = 4.0  # wait at least this many times the last sweep's duration
+PROMPT_WAIT = 0.02  # the longest blocking wait of the engine's queues (Flower: 1 s)
 
 
 def sweep_wait(interval: float, sweep_seconds: float) -> float:
@@ -47,16 +48,31 @@ def _queue_messages(interval: float) -> Any:
     return add_messages_to_queue
 
 
+class PromptQueue(Queue):  # type: ignore[type-arg]
+    """The engine's message queues, whose blocking ``get`` waits at most :data:`PROMPT_WAIT` s.
+
+    The engine's worker and reply threads loop ``while not f_stop.is_set(): queue.get(timeout=1.0)``,
+    so after the ServerApp finished the engine waited up to 1 s for them before it ended the
+    backend.  A shorter wait only costs wake-ups of idle threads (a few hundred per second)."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if block and (timeout is None or timeout > PROMPT_WAIT):
+            timeout = PROMPT_WAIT
+        return super().get(block, timeout)
+
+
 @contextmanager
 def fast_polling(interval: float) -> Iterator[None]:
     """Within the block, a simulation engine that starts picks up messages every ``interval``
-    seconds (see the module docstring); ``interval`` ≥ 0.1 keeps Flower's loop."""
+    seconds (see the module docstring) and ends promptly (:class:`PromptQueue`); ``interval``
+    ≥ 0.1 keeps Flower's loops."""
     if interval >= FLOWER_INTERVAL:
         yield
         return
-    previous = vce_api.add_messages_to_queue
+    previous = vce_api.add_messages_to_queue, vce_api.Queue
     vce_api.add_messages_to_queue = _queue_messages(interval)  # type: ignore[assignment]
+    vce_api.Queue = PromptQueue  # type: ignore[misc]
     try:
         yield
     finally:
-        vce_api.add_messages_to_queue = previous  # type: ignore[assignment]
+        vce_api.add_messages_to_queue, vce_api.Queue = previous  # type: ignore[misc]

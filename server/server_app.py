@@ -163,17 +163,21 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, flower_run_id: int | None 
         else:
             w0 = strategy.load_state_dict(state["strategy"], int(state["round"]))
 
+        checkpoints = ckpt.BackgroundWriter(writer.run_dir, writer.sync)
+
         def checkpoint(server_round: int, strategy_state: dict[str, Any]) -> None:
-            writer.sync()
-            ckpt.save(writer.run_dir, server_round, {
+            checkpoints.submit(server_round, {
                 "strategy": strategy_state, "config": cfg.to_flat(), "versions": package_versions(),
                 "run-id": run_id, "jsonl-sizes": ckpt.jsonl_sizes(writer.run_dir)})
 
         strategy.on_round_end = checkpoint
         t0 = time.monotonic()
-        result = strategy.start(grid=grid, initial_arrays=arrays_to_record(w0), num_rounds=cfg.num_server_rounds,
-                                timeout=cfg.fed.round_timeout, train_config=ConfigRecord({}),
-                                evaluate_config=ConfigRecord({}))
+        try:
+            result = strategy.start(grid=grid, initial_arrays=arrays_to_record(w0), num_rounds=cfg.num_server_rounds,
+                                    timeout=cfg.fed.round_timeout, train_config=ConfigRecord({}),
+                                    evaluate_config=ConfigRecord({}))
+        finally:
+            checkpoints.wait()
         final = record_to_arrays(result.arrays)
         writer.save_meta_policy(final, cfg.num_server_rounds)
         summary = build_summary(cfg, getattr(strategy, "last_evaluation", []), federation.optimal,

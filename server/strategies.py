@@ -194,7 +194,7 @@ class MetaFedAvg(FedAvg):
             "seconds": round(time.monotonic() - self._round_start, 4), "env-steps": env_steps,
             "cum-env-steps": self.cum_env_steps, **means,
         }])
-        self.writer.save_meta_policy(new_w, server_round)
+        self.writer.save_meta_policy(new_w, server_round, durable=False)  # the checkpoint holds w durably
         self.progress.train(server_round, [t for t, _, _ in accepted], means, len(rejected))
         return arrays_to_record(new_w), MetricRecord(means)
 
@@ -347,7 +347,6 @@ class MetaFedAvg(FedAvg):
             self.progress.evaluate(server_round, train)
         if test:
             self._record_meta_test(server_round, test)
-        self.writer.sync()  # the round ends here (Flower calls aggregate_evaluate every round): its rows to disk
         return MetricRecord(means) if means else None
 
     # ------------------------------------------------------- rounds, checkpoints
@@ -378,9 +377,16 @@ class MetaFedAvg(FedAvg):
             eval_metrics = self.aggregate_evaluate(server_round, replies)
             if eval_metrics is not None:
                 result.evaluate_metrics_clientapp[server_round] = eval_metrics
-            if self.on_round_end is not None:
-                self.on_round_end(server_round, self.state_dict(record_to_arrays(arrays)))
+            self.end_round(server_round, arrays)
         return result
+
+    def end_round(self, server_round: int, arrays: ArrayRecord) -> None:
+        """The round's rows to disk: :attr:`on_round_end` (the run's checkpoint, which syncs the
+        results files first) gets :meth:`state_dict`; without it, the writer syncs here."""
+        if self.on_round_end is not None:
+            self.on_round_end(server_round, self.state_dict(record_to_arrays(arrays)))
+        else:
+            self.writer.sync()
 
     def state_dict(self, w: dict[str, np.ndarray]) -> dict[str, Any]:
         """What the next round needs besides the clients' own state: the meta-policy ``w``, the

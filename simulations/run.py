@@ -4,7 +4,7 @@ Usage: ``python -m simulations.run '<flat config JSON>'``.  The config was valid
 parent; here the strategy name is checked too, then Flower's simulation engine runs the
 ServerApp and one virtual SuperNode per training task, on the backend ``simulation.backend``
 names: forked worker processes (:class:`fedmeta.proc_backend.ProcessBackend`, whose fork server
-starts first, importing the ClientApp while this process imports Flower) or Ray actors
+starts first, before this process imports anything heavy: :func:`start_forkserver_first`) or Ray actors
 (:class:`fedmeta.sim_backend.BoundedRayBackend`).  A ClientApp call gets ``fed.round-timeout``
 (a discovery query ``fed.discovery-timeout``) plus :data:`CLIENT_GRACE` seconds.  Exit code
 2 = config error, 1 = the run failed.
@@ -144,8 +144,23 @@ def backend_of(sim: SimulationConfig, settings: dict[str, Any]) -> tuple[Abstrac
     return process_backend(stop=STOP), {key: {**value, "workers": workers} for key, value in settings.items()}
 
 
+def start_forkserver_first(flat: dict[str, Any]) -> None:
+    """``simulation.backend = "process"``: start the fork server before this process imports the
+    config (torch), Flower and the apps, so the two import side by side (:mod:`fedmeta.forkserver`).
+    The plug-in directories go on ``sys.path`` first: the server imports with this path.  A
+    config error found afterwards still exits 2 (and :func:`exit_now` ends the server)."""
+    if flat.get("simulation.backend") != "process":
+        return
+    from fedmeta.config import plugin_search_path
+    from fedmeta.forkserver import start_forkserver
+
+    plugin_search_path(str(flat.get("plugins-path", "")))
+    start_forkserver(float(flat.get("simulation.client-cpus", 1.0)))
+
+
 def main(argv: list[str]) -> int:
     flat = json.loads(argv[0])
+    start_forkserver_first(flat)
     try:
         # imports the plug-ins: plugins-path (absolute, from fedmeta run) goes on sys.path before Ray
         # starts, and Flower's RayBackend hands this sys.path to its workers as their PYTHONPATH
@@ -159,10 +174,6 @@ def main(argv: list[str]) -> int:
     procs.become_subreaper()
     claim_sigterm()
     sim = cfg.simulation
-    if sim.backend == "process":  # its fork server imports the ClientApp's modules while this process imports its own
-        from fedmeta.proc_backend import start_forkserver
-
-        start_forkserver(sim.client_cpus)
     from flwr.simulation import run_simulation
 
     import clients.client_app

@@ -148,3 +148,28 @@ def test_resume_plans_a_moved_run_directory_with_its_own_config(tmp_path):
     run = plan_resume(str(new))
     assert run.run_dir == new.resolve() and run.cfg.resume and run.cfg.prox.lam == 0.5
     assert run.flat["client.state-dir"] == str(new.resolve() / "clients") and run.flat["run-dir"] == str(new.resolve())
+
+
+def test_the_background_writer_writes_in_round_order_after_the_sync_and_reports_its_error(tmp_path):
+    from fedmeta.checkpoint import BackgroundWriter, checkpoints, load_latest
+
+    calls = []
+    writer = BackgroundWriter(tmp_path, lambda: calls.append(len(checkpoints(tmp_path))))
+    for server_round in (1, 2, 3):
+        writer.submit(server_round, {"w": np.full(3, server_round, dtype=np.float32)})
+    writer.wait()
+    assert calls == [0, 1, 2]  # each sync ran before its own checkpoint and after the previous one
+    assert [p.name for p in checkpoints(tmp_path)] == ["round-000003.ckpt", "round-000002.ckpt"]
+    tree, _ = load_latest(tmp_path)
+    assert tree["round"] == 3 and tree["w"].tolist() == [3.0, 3.0, 3.0]
+    state = {"w": np.zeros(2)}
+    writer.submit(4, state)
+    state["w"][:] = 9.0  # the next round changes the state: the checkpoint holds the submitted snapshot
+    writer.wait()
+    assert load_latest(tmp_path)[0]["w"].tolist() == [0.0, 0.0]
+    failing = BackgroundWriter(tmp_path, lambda: (_ for _ in ()).throw(OSError("disk full")))
+    failing.submit(5, {"w": np.zeros(1)})
+    with pytest.raises(OSError, match="disk full"):
+        failing.wait()
+    failing.wait()  # reported once
+    assert load_latest(tmp_path)[0]["round"] == 4

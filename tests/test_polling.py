@@ -87,3 +87,18 @@ def test_the_simulation_grid_gets_the_configured_interval_a_superlink_grid_a_lon
 
     assert pull_interval_for(InMemoryGrid.__new__(InMemoryGrid), 0.005) == 0.005
     assert pull_interval_for(_Grid(), 0.005) == REMOTE_PULL_INTERVAL
+
+
+def test_the_engine_queues_wait_briefly_so_the_engine_ends_promptly():
+    import queue
+    import time
+
+    from fedmeta.sim_polling import PROMPT_WAIT, PromptQueue
+
+    q = PromptQueue()
+    t0 = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=1.0)  # Flower's worker and reply threads wait 1 s per get
+    assert time.monotonic() - t0 < PROMPT_WAIT + 0.5
+    q.put("message")
+    assert q.get(timeout=1.0) == "message"

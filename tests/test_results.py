@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedmeta.config import ConfigError, ExperimentConfig
+from fedmeta.records import arrays_to_record
 from fedmeta.results import RunWriter, read_jsonl
 from server.discovery import Federation
 from server.strategies import MetaFedAvg
@@ -189,7 +190,13 @@ def test_the_strategy_syncs_the_rows_at_every_round_end(tmp_path):
     cfg = ExperimentConfig.from_flat({"task.family": "point-nav", "eval.every": 2})
     writer = CountingWriter(tmp_path)
     strategy = MetaFedAvg(cfg, Federation({1: 0, 2: 1, 3: 2}), writer)
-    for server_round in (1, 2):  # Flower calls aggregate_evaluate every round, evaluation round or not
+    arrays = arrays_to_record({"w": np.zeros(2, dtype=np.float32)})
+    for server_round in (1, 2):
         strategy.aggregate_evaluate(server_round, [])
+        strategy.end_round(server_round, arrays)
         assert writer.syncs == server_round
+    ends = []
+    strategy.on_round_end = lambda server_round, state: ends.append(server_round)  # the checkpoint syncs instead
+    strategy.end_round(3, arrays)
+    assert writer.syncs == 2 and ends == [3]
     writer.close()

@@ -33,13 +33,16 @@ def _command(run_dir: Path, *extra: str) -> list[str]:
 
 
 def _server_process(parent: int) -> int | None:
-    """The simulation child of ``fedmeta run`` (the ServerApp runs in it)."""
+    """The simulation child of ``fedmeta run`` (the ServerApp runs in it): its child that leads a
+    session of its own (a fork of it, so its command line is the same)."""
     for pid in procs.descendants(parent):
         try:
-            if b"simulations.run" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
+        fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, session, ...
+        if int(fields[1]) == parent and int(fields[3]) == pid:
+            return pid
     return None
 
 
