@@ -19,6 +19,11 @@ Writes ``<out>/results.json``, ``<out>/table.md`` and the plots ``<out>/returns-
 ``<out>/gap-vs-bound-<variance>.png``.
 
     python simulations/bomrl_frozenlake.py --seeds 0 1 2 --rounds 300 --out results/bomrl-frozenlake
+
+``--goal absorbing`` runs the same comparison with ``task.goal = "absorbing"`` (the goal pays +1 per
+step, see fedmeta/tasks/frozen_lake.py); ``--maml-inner-lr`` sets MAML's α; ``--tune-maml-lr A1 A2 ...``
+only meta-trains MAML with each α on ``--seeds`` (use a seed you do not report) and writes
+``<out>/tune-maml.json`` with the exact optimality gap after one step.
 """
 
 from __future__ import annotations
@@ -149,6 +154,27 @@ def upper_bound(cfg: ExperimentConfig, distance: str) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------- driver
+def tune_maml(variances: list[str], seeds: list[int], rounds: int, repeats: int, alphas: list[float],
+              out: Path) -> dict:
+    """MAML's gap after one policy-gradient step for each inner step size α (tuning seeds only)."""
+    results: dict = {"rounds": rounds, "seeds": seeds, "repeats": repeats, "overrides": dict(EXTRA), "gap": {}}
+    for variance in variances:
+        j_star = optimal_returns(config(variance, seeds[0], rounds))
+        for alpha in alphas:
+            gaps = []
+            for seed in seeds:
+                t0 = time.time()
+                cfg = config(variance, seed, rounds, algorithm="maml", **{"maml.inner-lr": alpha})
+                curve = adaptation_curve(cfg, train_in_process(cfg), 1, repeats)
+                gaps.append((j_star[:, None] - curve).mean(0).tolist())
+                print(f"tune {variance} alpha {alpha} seed {seed}: {time.time() - t0:.0f}s, gap after 0/1: "
+                      f"{gaps[-1][0]:.3f} / {gaps[-1][1]:.3f}", flush=True)
+            results["gap"][f"{variance}-{alpha}"] = gaps
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "tune-maml.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
 def run(variances: list[str], distances: list[str], seeds: list[int], rounds: int, steps: int, repeats: int,
         out: Path) -> dict:
     results: dict = {"rounds": rounds, "seeds": seeds, "repeats": repeats, "overrides": dict(EXTRA), "cells": {}}
@@ -258,6 +284,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clients-per-round", type=int, default=None, help="override fed.clients-per-round")
+    parser.add_argument("--goal", choices=["terminal", "absorbing"], default=None, help="override task.goal")
+    parser.add_argument("--maml-inner-lr", type=float, default=None, help="override maml.inner-lr (α)")
+    parser.add_argument("--tune-maml-lr", type=float, nargs="+", default=None,
+                        help="only tune MAML's α over these values on --seeds (writes tune-maml.json)")
     parser.add_argument("--out", type=Path, default=Path("results/bomrl-frozenlake"))
     parser.add_argument("--report-only", action="store_true", help="rewrite table.md and plots from results.json")
     args = parser.parse_args()
@@ -269,7 +299,14 @@ def main() -> None:
         return
     if args.clients_per_round:
         EXTRA["fed.clients-per-round"] = args.clients_per_round
+    if args.goal:
+        EXTRA["task.goal"] = args.goal
+    if args.maml_inner_lr is not None:
+        EXTRA["maml.inner-lr"] = args.maml_inner_lr
     torch.set_num_threads(1)
+    if args.tune_maml_lr:
+        tune_maml(args.variances, args.seeds, args.rounds, 1, args.tune_maml_lr, args.out)
+        return
     results = run(args.variances, args.distances, args.seeds, args.rounds, args.steps, args.repeats, args.out)
     (args.out / "table.md").write_text(table(results))
     plots(results, args.out)

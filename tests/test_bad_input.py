@@ -90,6 +90,7 @@ CASES = [
     case("lake size 2.5", rc("task.family='frozen-lake-holes'", "task.size=2.5"), "task.size=2.5"),
     case("lake size 1e6", rc("task.family='frozen-lake-holes'", "task.size=1000000"), "task.size=1000000"),
     case("lake preset", rc("task.family='frozen-lake-holes'", "task.preset='medium'"), "task.preset='medium'"),
+    case("lake goal", rc("task.family='frozen-lake-holes'", "task.goal='sticky'"), "task.goal='sticky'"),
     case("compat int", rc("task.family='half-cheetah-vel'", "task.compat=3"), "task.compat=3"),
     case("compat name", rc("task.family='half-cheetah-vel'", "task.compat='rllab'"), "task.compat='rllab'"),
     case("swimmer sign-bug", rc("task.family='swimmer-vel'", "task.sign-bug=true"), "task.sign-bug"),

@@ -144,6 +144,7 @@ def test_gymnasium_make_builds_the_task(family):
 @pytest.mark.parametrize(("family", "options", "choices"), [
     ("frozen-lake-holes", {"preset": "medium"}, "high-var, low-var, p0.8"),
     ("frozen-lake-holes", {"size": 1}, "task.size"),
+    ("frozen-lake-holes", {"goal": "sometimes"}, "terminal, absorbing"),
     ("sparse-point", {"reward": "l2"}, "sparse, dense"),
     ("sparse-point", {"goal-radius": 0.0}, "task.goal-radius"),
     ("cartpole-physics", {"size": 3}, "its options: none"),
@@ -306,6 +307,52 @@ def test_frozen_lake_batched_env_matches_the_single_env():
         if term or trunc:
             obs, _ = env.reset()
         assert np.array_equal(v_obs[0], obs)
+
+
+def test_frozen_lake_absorbing_goal_pays_every_step_and_holes_still_end_the_episode():
+    env = FrozenLakeHolesEnv(desc=["SH", "FG"], goal="absorbing")
+    env.reset(seed=0)
+    assert env.step(1)[1:3] == (0.0, False)  # down: frozen tile
+    for action in (2, 0, 3, 1, 2):  # into the goal, then every action stays there and pays +1
+        obs, reward, term, _, info = env.step(action)
+        assert (obs.argmax(), reward, term, info["reward_goal"]) == (3, 1.0, False, 1.0)
+    env.reset()
+    assert env.step(2)[1:3] == (-1.0, True)  # the hole still ends the episode
+    # the optimum against an open-loop brute force through the env: γ^3 + γ^4 with H = 5 on a 3×3 map
+    gamma, horizon, desc = 0.8, 5, ["SFF", "FHF", "FFG"]
+    env = FrozenLakeHolesEnv(desc=desc, goal="absorbing")
+    best = -np.inf
+    for seq in itertools.product(range(4), repeat=horizon):
+        env.reset(seed=0)
+        total = 0.0
+        for t, a in enumerate(seq):
+            _, reward, term, _, _ = env.step(a)
+            total += gamma**t * reward
+            if term:
+                break
+        best = max(best, total)
+    spec = TaskSpec("frozen-lake-holes", {"desc": desc, "option:goal": "absorbing"}, horizon=horizon)
+    assert best == pytest.approx(gamma**3 + gamma**4)
+    assert FROZEN_LAKE_HOLES.optimal_return(spec, gamma) == pytest.approx(best)
+    # the family's specs carry the option; exact, batched and single envs agree
+    spec = task_split("frozen-lake-holes", 2, 0, seed=0, options={"goal": "absorbing"})[0][1]
+    assert FROZEN_LAKE_HOLES.optimal_return(spec, gamma) == pytest.approx((gamma**5 - gamma**100) / (1 - gamma))
+    venv, env = FROZEN_LAKE_HOLES.make_vector_env(spec, 2), FROZEN_LAKE_HOLES.make_env(spec)
+    venv.reset(seed=0)
+    env.reset(seed=0)
+    rewards = []
+    for action in _actions(env, 300, seed=7):
+        v_obs, v_rew, v_term, v_trunc, _ = venv.step(np.full(2, action))
+        obs, reward, term, trunc, _ = env.step(action)
+        assert (v_rew[0], v_term[0], v_trunc[0]) == (reward, term, trunc)
+        rewards.append(reward)
+        if term or trunc:
+            obs, _ = env.reset()
+        assert np.array_equal(v_obs[0], obs)
+    assert rewards.count(1.0) > 1  # the goal was reached and paid more than once
+    default = task_split("frozen-lake-holes", 2, 0, seed=0)[0][1]
+    assert default.params["desc"] == spec.params["desc"]  # the option does not change the maps
+    assert FROZEN_LAKE_HOLES.optimal_return(default, gamma) == pytest.approx(gamma**5)
 
 
 # ----------------------------------------------------------------------- cartpole
