@@ -231,22 +231,27 @@ def test_frozen_lake_presets_and_horizon():
                for s in specs["low-var"])
 
 
+
+def _best_open_loop_return(env, gamma: float, horizon: int) -> float:
+    """The best discounted return of any fixed action sequence of ``horizon`` steps, through the env itself."""
+    best = -np.inf
+    for seq in itertools.product(range(4), repeat=horizon):
+        env.reset(seed=0)
+        total = 0.0
+        for t, a in enumerate(seq):
+            _, reward, term, _, _ = env.step(a)
+            total += gamma**t * reward
+            if term:
+                break
+        best = max(best, total)
+    return best
+
 def test_frozen_lake_optimal_return_against_brute_force():
     gamma = 0.8
     # open-loop enumeration through the env itself on gymnasium's 4x4 map (shortest path 6 steps)
     for horizon in (5, 6):
         spec = TaskSpec("frozen-lake-holes", {"desc": MAPS["4x4"]}, horizon=horizon)
-        env = FrozenLakeHolesEnv(desc=MAPS["4x4"])
-        best = -np.inf
-        for seq in itertools.product(range(4), repeat=horizon):
-            env.reset(seed=0)
-            total = 0.0
-            for t, a in enumerate(seq):
-                _, reward, term, _, _ = env.step(a)
-                total += gamma**t * reward
-                if term:
-                    break
-            best = max(best, total)
+        best = _best_open_loop_return(FrozenLakeHolesEnv(desc=MAPS["4x4"]), gamma, horizon)
         assert FROZEN_LAKE_HOLES.optimal_return(spec, gamma) == pytest.approx(best)
     assert best == pytest.approx(gamma**5)
     # sampled maps: optimum γ^(d-1) for the BFS shortest safe path d, attained by the greedy policy
@@ -320,17 +325,7 @@ def test_frozen_lake_absorbing_goal_pays_every_step_and_holes_still_end_the_epis
     assert env.step(2)[1:3] == (-1.0, True)  # the hole still ends the episode
     # the optimum against an open-loop brute force through the env: γ^3 + γ^4 with H = 5 on a 3×3 map
     gamma, horizon, desc = 0.8, 5, ["SFF", "FHF", "FFG"]
-    env = FrozenLakeHolesEnv(desc=desc, goal="absorbing")
-    best = -np.inf
-    for seq in itertools.product(range(4), repeat=horizon):
-        env.reset(seed=0)
-        total = 0.0
-        for t, a in enumerate(seq):
-            _, reward, term, _, _ = env.step(a)
-            total += gamma**t * reward
-            if term:
-                break
-        best = max(best, total)
+    best = _best_open_loop_return(FrozenLakeHolesEnv(desc=desc, goal="absorbing"), gamma, horizon)
     spec = TaskSpec("frozen-lake-holes", {"desc": desc, "option:goal": "absorbing"}, horizon=horizon)
     assert best == pytest.approx(gamma**3 + gamma**4)
     assert FROZEN_LAKE_HOLES.optimal_return(spec, gamma) == pytest.approx(best)
