@@ -121,6 +121,18 @@ class DqnConfig:
 
 
 @dataclass(frozen=True)
+class TabularConfig:
+    """Tabular Q-learning local solver (``solver.name = "tabular-q"``; tabular pMeta-RL, eqs. 5-9)."""
+
+    lr: float = field(default=0.0, metadata=_doc("eta_k, the step of eq. (7); 0 = 1/(1 + lambda) (lambda = prox.lam "
+                                                 "when the step is prox-anchored, else 0): on a deterministic task "
+                                                 "one update is then exactly the proximal Bellman backup of that "
+                                                 "entry (eq. 18)"))
+    epsilon: float = field(default=0.2, metadata=_doc("epsilon-greedy exploration of the behaviour policy (the table's "
+                                                      "greedy action otherwise)"))
+
+
+@dataclass(frozen=True)
 class SacConfig:
     """Off-policy SAC local solver (``solver.name = "sac"``; deep pMeta-RL, Table III; Haarnoja et al. 2018)."""
 
@@ -280,6 +292,7 @@ _SECTIONS: dict[str, type] = {
     "maml": MamlConfig,
     "bomrl": BomrlConfig,
     "dqn": DqnConfig,
+    "tabular": TabularConfig,
     "sac": SacConfig,
     "fed": FedConfig,
     "eval": EvalConfig,
@@ -322,6 +335,7 @@ class ExperimentConfig:
     maml: MamlConfig = field(default_factory=MamlConfig)
     bomrl: BomrlConfig = field(default_factory=BomrlConfig)
     dqn: DqnConfig = field(default_factory=DqnConfig)
+    tabular: TabularConfig = field(default_factory=TabularConfig)
     sac: SacConfig = field(default_factory=SacConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -390,6 +404,7 @@ class ExperimentConfig:
         self._validate_maml()
         self._validate_bomrl()
         self._validate_dqn()
+        self._validate_tabular()
         self._validate_sac()
         self._validate_fed()
         self._validate_eval()
@@ -439,8 +454,8 @@ class ExperimentConfig:
         from fedmeta.tasks import TASK_FAMILIES
 
         kind, discrete = SOLVERS.get(solver.name).policy_kind, TASK_FAMILIES.get(self.task.family).discrete
-        if (kind == "q" and not discrete) or (kind == "sac" and discrete):
-            need = "discrete" if kind == "q" else "continuous (Box)"
+        if (kind in ("q", "q-table") and not discrete) or (kind == "sac" and discrete):
+            need = "discrete" if kind in ("q", "q-table") else "continuous (Box)"
             raise ConfigError(f"solver.name={solver.name!r} needs a task family with {need} actions; "
                               f"task.family={self.task.family!r} has not")
         _choice("solver.optimizer", solver.optimizer, ["adam", "sgd"])
@@ -534,6 +549,10 @@ class ExperimentConfig:
         _in_range("dqn.alpha", dqn.alpha, 0.0, 1.0)
         _in_range("dqn.beta", dqn.beta, 0.0, 1.0)
 
+    def _validate_tabular(self) -> None:
+        _in_range("tabular.lr", self.tabular.lr, 0.0, 1.0)
+        _in_range("tabular.epsilon", self.tabular.epsilon, 0.0, 1.0)
+
     def _validate_fed(self) -> None:
         from fedmeta.aggregation import AGGREGATORS
         from fedmeta.server_opt import SERVER_OPTIMIZERS
@@ -548,6 +567,13 @@ class ExperimentConfig:
                 f"fed.min-replies={fed.min_replies} is invalid; valid: 1..fed.clients-per-round ({fed.clients_per_round})"
             )
         _choice("fed.aggregator", fed.aggregator, AGGREGATORS.names())
+        if fed.aggregator == "union-mean":
+            from fedmeta.algorithms import SOLVERS
+
+            if SOLVERS.get(self.solver.name).policy_kind != "q-table":
+                raise ConfigError(f"fed.aggregator='union-mean' (pMeta-RL eq. 9) needs the visited masks of a Q-table "
+                                  f"solver; valid: solver.name='tabular-q', or another fed.aggregator with "
+                                  f"solver.name={self.solver.name!r}")
         _choice("fed.weighting", fed.weighting, ["num-env-steps", "uniform"])
         _at_least("fed.max-update-norm", fed.max_update_norm, 0.0)
         _positive("fed.round-timeout", fed.round_timeout)
