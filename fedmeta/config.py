@@ -118,6 +118,11 @@ class DqnConfig:
     prioritized: bool = field(default=True, metadata=_doc("prioritized replay (Schaul et al. 2016), as the paper used"))
     alpha: float = field(default=0.6, metadata=_doc("priority exponent: P(j) = p_j^alpha / sum_k p_k^alpha"))
     beta: float = field(default=0.4, metadata=_doc("importance-weight exponent: w_j = (P(j) / min_k P(k))^-beta"))
+    beta_anneal_steps: int = field(default=0, metadata=_doc("anneal beta linearly to 1 over this many gradient steps "
+                                                            "of the client (Schaul et al. 2016); 0 = constant beta"))
+    loss: str = field(default="mse", metadata=_doc("TD loss: mse (squared TD error, eq. 12 as written) | huber "
+                                                   "(smooth-L1 with threshold 1: the gradient of the TD error "
+                                                   "clipped to [-1, 1])"))
 
 
 @dataclass(frozen=True)
@@ -548,6 +553,8 @@ class ExperimentConfig:
         _in_range("dqn.target-update", dqn.target_update, 1, MAX_COUNT)
         _in_range("dqn.alpha", dqn.alpha, 0.0, 1.0)
         _in_range("dqn.beta", dqn.beta, 0.0, 1.0)
+        _in_range("dqn.beta-anneal-steps", dqn.beta_anneal_steps, 0, 100_000_000)
+        _choice("dqn.loss", dqn.loss, ["huber", "mse"])
 
     def _validate_tabular(self) -> None:
         _in_range("tabular.lr", self.tabular.lr, 0.0, 1.0)
