@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.utils import EzPickle
 
 from fedmeta.tasks import tabular
-from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, spec_option
+from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, register_gym_env, spec_option
 from fedmeta.tasks.grid_nav import GRID_NAV, MOVES
 from fedmeta.tasks.tabular import TabularMDP, TabularVectorEnv, action_probabilities
 
@@ -52,12 +53,14 @@ def _grid_nav_spec(spec: TaskSpec) -> TaskSpec:
                     spec.task_id)
 
 
-class OneHotGridEnv(gym.Env):
-    """One task as a single gymnasium env with one-hot union-cell observations."""
+class OneHotGridEnv(gym.Env, EzPickle):
+    """One task as a single gymnasium env with one-hot union-cell observations;
+    ``gymnasium.make("fedmeta/GridworldSizes-v0", goal=(1, 0), size=3, union=11)``."""
 
     metadata = {"render_modes": []}
 
-    def __init__(self, goal: tuple[int, int], size: int, union: int) -> None:
+    def __init__(self, goal: tuple[int, int] = (0, 0), size: int = 11, union: int = 11) -> None:
+        EzPickle.__init__(self, goal=goal, size=size, union=union)
         self.half, self.goal = size // 2, np.asarray(goal, dtype=np.int64)
         self.cells = union_index(size, union)
         self.size = size
@@ -145,3 +148,5 @@ class GridSizes(TaskFamily):
 
 
 GRID_SIZES = register_family(GridSizes())
+register_gym_env("fedmeta/GridworldSizes-v0", "fedmeta.tasks.grid_sizes:OneHotGridEnv",
+                 max_episode_steps=GridSizes.default_horizon)
