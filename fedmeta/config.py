@@ -118,6 +118,23 @@ class DqnConfig:
     prioritized: bool = field(default=True, metadata=_doc("prioritized replay (Schaul et al. 2016), as the paper used"))
     alpha: float = field(default=0.6, metadata=_doc("priority exponent: P(j) = p_j^alpha / sum_k p_k^alpha"))
     beta: float = field(default=0.4, metadata=_doc("importance-weight exponent: w_j = (P(j) / min_k P(k))^-beta"))
+    beta_anneal_steps: int = field(default=0, metadata=_doc("anneal beta linearly to 1 over this many gradient steps "
+                                                            "of the client (Schaul et al. 2016); 0 = constant beta"))
+    loss: str = field(default="mse", metadata=_doc("TD loss: mse (squared TD error, eq. 12 as written) | huber "
+                                                   "(smooth-L1 with threshold 1: the gradient of the TD error "
+                                                   "clipped to [-1, 1])"))
+
+
+@dataclass(frozen=True)
+class TabularConfig:
+    """Tabular Q-learning local solver (``solver.name = "tabular-q"``; tabular pMeta-RL, eqs. 5-9)."""
+
+    lr: float = field(default=0.0, metadata=_doc("eta_k, the step of eq. (7); 0 = 1/(1 + lambda) (lambda = prox.lam "
+                                                 "when the step is prox-anchored, else 0): on a deterministic task "
+                                                 "one update is then exactly the proximal Bellman backup of that "
+                                                 "entry (eq. 18)"))
+    epsilon: float = field(default=0.2, metadata=_doc("epsilon-greedy exploration of the behaviour policy (the table's "
+                                                      "greedy action otherwise)"))
 
 
 @dataclass(frozen=True)
@@ -281,6 +298,7 @@ _SECTIONS: dict[str, type] = {
     "maml": MamlConfig,
     "bomrl": BomrlConfig,
     "dqn": DqnConfig,
+    "tabular": TabularConfig,
     "sac": SacConfig,
     "fed": FedConfig,
     "eval": EvalConfig,
@@ -323,6 +341,7 @@ class ExperimentConfig:
     maml: MamlConfig = field(default_factory=MamlConfig)
     bomrl: BomrlConfig = field(default_factory=BomrlConfig)
     dqn: DqnConfig = field(default_factory=DqnConfig)
+    tabular: TabularConfig = field(default_factory=TabularConfig)
     sac: SacConfig = field(default_factory=SacConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -391,6 +410,7 @@ class ExperimentConfig:
         self._validate_maml()
         self._validate_bomrl()
         self._validate_dqn()
+        self._validate_tabular()
         self._validate_sac()
         self._validate_fed()
         self._validate_eval()
@@ -440,8 +460,8 @@ class ExperimentConfig:
         from fedmeta.tasks import TASK_FAMILIES
 
         kind, discrete = SOLVERS.get(solver.name).policy_kind, TASK_FAMILIES.get(self.task.family).discrete
-        if (kind == "q" and not discrete) or (kind == "sac" and discrete):
-            need = "discrete" if kind == "q" else "continuous (Box)"
+        if (kind in ("q", "q-table") and not discrete) or (kind == "sac" and discrete):
+            need = "discrete" if kind in ("q", "q-table") else "continuous (Box)"
             raise ConfigError(f"solver.name={solver.name!r} needs a task family with {need} actions; "
                               f"task.family={self.task.family!r} has not")
         _choice("solver.optimizer", solver.optimizer, ["adam", "sgd"])
@@ -534,6 +554,12 @@ class ExperimentConfig:
         _in_range("dqn.target-update", dqn.target_update, 1, MAX_COUNT)
         _in_range("dqn.alpha", dqn.alpha, 0.0, 1.0)
         _in_range("dqn.beta", dqn.beta, 0.0, 1.0)
+        _in_range("dqn.beta-anneal-steps", dqn.beta_anneal_steps, 0, 100_000_000)
+        _choice("dqn.loss", dqn.loss, ["huber", "mse"])
+
+    def _validate_tabular(self) -> None:
+        _in_range("tabular.lr", self.tabular.lr, 0.0, 1.0)
+        _in_range("tabular.epsilon", self.tabular.epsilon, 0.0, 1.0)
 
     def _validate_fed(self) -> None:
         from fedmeta.aggregation import AGGREGATORS
@@ -549,6 +575,13 @@ class ExperimentConfig:
                 f"fed.min-replies={fed.min_replies} is invalid; valid: 1..fed.clients-per-round ({fed.clients_per_round})"
             )
         _choice("fed.aggregator", fed.aggregator, AGGREGATORS.names())
+        if fed.aggregator == "union-mean":
+            from fedmeta.algorithms import SOLVERS
+
+            if SOLVERS.get(self.solver.name).policy_kind != "q-table":
+                raise ConfigError(f"fed.aggregator='union-mean' (pMeta-RL eq. 9) needs the visited masks of a Q-table "
+                                  f"solver; valid: solver.name='tabular-q', or another fed.aggregator with "
+                                  f"solver.name={self.solver.name!r}")
         _choice("fed.weighting", fed.weighting, ["num-env-steps", "uniform"])
         _at_least("fed.max-update-norm", fed.max_update_norm, 0.0)
         _positive("fed.round-timeout", fed.round_timeout)

@@ -26,6 +26,7 @@ GYM_ENVS: tuple[GymEnv, ...] = (
     GymEnv("fedmeta/PointNav-v0", "fedmeta.tasks.point_nav:PointNavEnv", 100),
     GymEnv("fedmeta/SparsePoint-v0", "fedmeta.tasks.sparse_point:SparsePointEnv", 20),
     GymEnv("fedmeta/FrozenLakeHoles-v0", "fedmeta.tasks.frozen_lake:FrozenLakeHolesEnv", 100),
+    GymEnv("fedmeta/GridworldSizes-v0", "fedmeta.tasks.grid_sizes:OneHotGridEnv", 20),
     GymEnv("fedmeta/CartPolePhysics-v0", "fedmeta.tasks.classic:CartPolePhysicsEnv", 200),
     GymEnv("fedmeta/MountainCarIncline-v0", "fedmeta.tasks.classic:MountainCarInclineEnv", 200),
     GymEnv("fedmeta/HalfCheetahDir-v0", "fedmeta.tasks.half_cheetah:HalfCheetahDirEnv", 200),

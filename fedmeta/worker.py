@@ -144,8 +144,10 @@ class TaskWorker:
         optimizers, solver_state = _load_bytes(optimizer_state) if optimizer_state is not None else ({}, {})
         state = PrivateState(to_torch(personal, self.device) if personal is not None else None, optimizers)
         self.solver.load_state_dict(solver_state)
+        self.solver.start_round()
         upload, new_state, report = self.algorithm.train(self.venv, self.spec.horizon, to_torch(meta, self.device),
                                                          state, self._stream(server_round, "train"))
+        upload = {**upload, **self.solver.round_upload()}  # e.g. the Q-table's visited mask (pMeta-RL eq. 9)
         new_personal = to_numpy(new_state.personal) if new_state.personal is not None else None
         blob = {"optimizers": new_state.optimizers, SOLVER_SLOT: self.solver.state_dict()}
         return to_numpy(upload), new_personal, report.as_metrics(), _dump_bytes(blob)

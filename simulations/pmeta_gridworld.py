@@ -1,14 +1,16 @@
-"""pMeta-RL's gridworld warm-up (Wang et al., arXiv 2209.10072, Section V-C), tabular, in-process.
+"""pMeta-RL's gridworld warm-up (Wang et al., arXiv 2209.10072, Section V-C), tabular, in-process,
+on exact tables.
 
-Not a Flower run: the five clients and the server of Algorithm 1 (tabular branch) run in this one
-process on exact tables, because the tabular client is not wired to the ClientApp yet (README,
-"pMeta-RL").  Tasks: grid-nav goals on grids of sizes 3, 5, 7, 9, 11 (one task per size, goal drawn
-from the seed); the Q-tables live on the union of the cells (the 11×11 grid), each task visiting
-its own sub-grid.  Per round c (C = 10), each client from Q_i^π = Q^π, Q_i = Q^π (line 7) runs
-R = 3 local iterations of K = 1 synchronous sweep of eq. (7) over its (s, a) with step
-1/(1 + λ) (one application of the proximal Bellman operator, eq. 18), then eq. (8) with η; the
-server applies eq. (9) (union-mean) with β.  Model averaging: the same clients with λ = 0 (plain
-Bellman sweeps from Q^π) and the plain mean of the tables (the paper's baseline).
+The Flower version with sampled transitions is the preset ``pmeta-gridworld`` (``fedmeta run
+pmeta-gridworld``, README "pMeta-RL"); this script runs the same tasks (the ``gridworld-sizes``
+family, so seed s here and in the preset draw the same goals) with exact synchronous sweeps instead
+of sampled episodes.  Tasks: grid-nav goals on grids of sizes 3, 5, 7, 9, 11; the Q-tables live on
+the union of the cells (the 11×11 grid), each task visiting its own sub-grid.  Per round c (C = 10),
+each client from Q_i^π = Q^π, Q_i = Q^π (line 7) runs R = 3 local iterations of K = 1 synchronous
+sweep of eq. (7) over its (s, a) with step 1/(1 + λ) (one application of the proximal Bellman
+operator, eq. 18), then eq. (8) with η; the server applies eq. (9) (union-mean) with β.  Model
+averaging: the same clients with λ = 0 (plain Bellman sweeps from Q^π) and the plain mean of the
+tables (the paper's baseline).
 
 Returns: exact expected discounted return (γ, H = 20) of the greedy policy of each table on each
 task, as % of the task's optimum (value iteration), averaged over the tasks.
@@ -25,7 +27,8 @@ import numpy as np
 from fedmeta.algorithms.prox import moreau_outer_step
 from fedmeta.algorithms.tabular_q import proximal_bellman, union_mean
 from fedmeta.tasks import task_split
-from fedmeta.tasks.grid_nav import GRID_NAV, MOVES
+from fedmeta.tasks.grid_nav import MOVES
+from fedmeta.tasks.grid_sizes import GRID_SIZES, union_index
 from fedmeta.tasks.tabular import TabularMDP, one_hot_policy, optimal_return, policy_return
 
 SIZES = (3, 5, 7, 9, 11)
@@ -33,19 +36,10 @@ UNION = max(SIZES)
 HORIZON = 20
 
 
-def union_index(size: int) -> np.ndarray:
-    """For each cell of a size×size grid (grid-nav order), its index in the UNION×UNION grid."""
-    half, big = size // 2, UNION // 2
-    return np.array([(x + big) * UNION + (y + big) for x in range(-half, half + 1) for y in range(-half, half + 1)])
-
-
 def tasks(seed: int) -> list[tuple[TabularMDP, np.ndarray]]:
-    """(the task's MDP on its own grid, its cells' union indices) per grid size."""
-    out = []
-    for size in SIZES:
-        spec = task_split("grid-nav", 1, 0, seed * 100 + size, HORIZON, {"size": size})[0][0]
-        out.append((GRID_NAV.mdp(spec), union_index(size)))
-    return out
+    """(the task's MDP on its own grid, its cells' union indices) per grid size (``gridworld-sizes``)."""
+    specs = task_split("gridworld-sizes", len(SIZES), 0, seed, HORIZON, {"sizes": ",".join(map(str, SIZES))})[0]
+    return [(GRID_SIZES.mdp(spec), union_index(int(spec.params["size"]), UNION)) for spec in specs]
 
 
 def local_tables(mdp: TabularMDP, cells: np.ndarray, meta: np.ndarray, lam: float, eta: float, rounds: int,

@@ -213,6 +213,36 @@ def test_sac_private_state_persists_across_rounds_and_never_leaves(tmp_path, fed
         assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
 
 
+GRID_SMALL = ("pmeta-gridworld", "task.num-clients=2 fed.clients-per-round=2 prox.local-rounds=2 "
+                                   "solver.episodes-per-step=3 eval.episodes=3")
+
+
+@pytest.mark.parametrize("algorithm", ["pmeta", "fedavg"])
+def test_a_tabular_pmeta_reply_is_the_q_table_its_visited_mask_and_scalars(tmp_path, algorithm):
+    """Tabular pMeta-RL through the ClientApp: a train reply holds the auxiliary Q-table and the
+    visited mask of this round (both float arrays of the table's shape; the mask 1 only on the
+    task's own cells), and scalar metrics; nothing else leaves the client."""
+    from fedmeta.tasks import TASK_FAMILIES
+    from fedmeta.worker import initial_meta_policy, tasks_of
+
+    node = _DqnNode(tmp_path, algorithm, GRID_SMALL)
+    spec = tasks_of(node.cfg)[0][0]
+    cells = TASK_FAMILIES.get("gridworld-sizes").observations(spec).argmax(1)  # task 0: the 3x3 centre
+    assert initial_meta_policy(node.cfg).keys() == {"q", "q.visited"}
+    for server_round in (1, 2):
+        reply = node.train(server_round)
+        assert contract_violation(reply) is None
+        assert set(reply.content.array_records) == {"arrays"} and not reply.content.config_records
+        arrays = {k: a.numpy() for k, a in reply.content["arrays"].items()}
+        assert {k: a.shape for k, a in arrays.items()} == {"q": (121, 5), "q.visited": (121, 5)}
+        assert all(a.dtype == np.float32 for a in arrays.values())
+        mask = arrays["q.visited"]
+        assert set(np.unique(mask)) == {0.0, 1.0} and mask[cells].sum() == mask.sum() > 0
+        assert np.abs(arrays["q"]).sum() > 0 and not np.abs(arrays["q"][np.setdiff1d(np.arange(121), cells)]).any()
+        assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
+        assert reply.content["metrics"]["num-env-steps"] == 2 * 1 * 3 * 20  # R x K steps x 3 episodes x H
+
+
 def nested_equal(a, b) -> bool:
     """Exact equality of nested dicts / lists / tensors / arrays / scalars."""
     if isinstance(a, dict):

@@ -32,6 +32,22 @@ def test_importance_weighted_loss_by_hand():
     assert delta.tolist() == [1.0, -2.0, 0.0]
 
 
+def test_huber_td_loss_by_hand_and_beta_annealing():
+    from fedmeta.algorithms.dqn import importance_beta
+    from fedmeta.config import DqnConfig
+
+    q_taken, target, weights = torch.tensor([1.0, 2.0, 0.0]), torch.tensor([1.5, 0.0, 0.0]), torch.tensor([1.0, 0.5, 1.0])
+    loss, delta = weighted_td_loss(q_taken, target, weights, "huber")
+    # |δ| = 0.5 ≤ 1: δ²/2 = 0.125; |δ| = 2 > 1: |δ| − 1/2 = 1.5 (weight 0.5); 0
+    assert loss.item() == pytest.approx((0.125 + 0.5 * 1.5 + 0.0) / 3) and delta.tolist() == [0.5, -2.0, 0.0]
+    q = q_taken.clone().requires_grad_(True)
+    weighted_td_loss(q, target, torch.ones(3), "huber")[0].backward()
+    assert q.grad.tolist() == pytest.approx([-0.5 / 3, 1.0 / 3, 0.0])  # the TD error clipped to [-1, 1]
+    cfg = DqnConfig(beta=0.4, beta_anneal_steps=100)
+    assert [importance_beta(n, cfg) for n in (0, 50, 100, 500)] == pytest.approx([0.4, 0.7, 1.0, 1.0])
+    assert importance_beta(500, DqnConfig(beta=0.4)) == 0.4  # 0: constant
+
+
 def _linear_q(weight: list[list[float]], bias: list[float]) -> QNetwork:
     net = QNetwork(2, 2, hidden_sizes=())
     with torch.no_grad():

@@ -193,7 +193,7 @@ def test_the_gymnasium_table_matches_what_the_family_modules_register():
         "import fedmeta.tasks  # each family module registers its own ids\n"
         "print(json.dumps([table, spec()]))\n")
     table, modules = json.loads(out)
-    assert table == modules and len(table) == 12
+    assert table == modules and len(table) == 13
 
 
 # ------------------------------------------------------------------- 11. results files

@@ -71,6 +71,14 @@ class LocalSolver(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict` of the previous round on this client (``{}``: a fresh start)."""
 
+    def start_round(self) -> None:
+        """Called before each training round on this client (the tabular solver clears its visited mask)."""
+
+    def round_upload(self) -> dict[str, torch.Tensor]:
+        """Arrays of the model's state other than its parameters that the round's upload carries (the
+        tabular solver's visited mask for pMeta-RL eq. 9); none for other solvers."""
+        return {}
+
     @abstractmethod
     def loss(self, batch: EpisodeBatch) -> torch.Tensor:
         """The RL loss −J~_i of one batch (never the prox term)."""

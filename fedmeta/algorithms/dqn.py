@@ -4,7 +4,9 @@ The personalized model φ_i is a Q-network (:class:`fedmeta.policies.q.QNetwork`
 step is ``dqn.collect-steps`` ε-greedy steps of the client's envs into its replay buffer, then
 (once the buffer holds ``dqn.learning-starts`` transitions) one gradient step on
 
-    L(φ) = (1/D) Σ_j w_j (y_j − Q_φ(s_j, a_j))²  +  λ/2 ‖φ − ω_i‖²          (eq. 12)
+    L(φ) = (1/D) Σ_j w_j ℓ(y_j − Q_φ(s_j, a_j))  +  λ/2 ‖φ − ω_i‖²          (eq. 12)
+
+with ℓ(δ) = δ² (``dqn.loss = "mse"``, eq. 12 as written) or the Huber loss (``"huber"``)
 
 with the TD target (Mnih et al. 2015; double DQN, van Hasselt et al. 2016, when ``dqn.double``)
 
@@ -13,7 +15,9 @@ with the TD target (Mnih et al. 2015; double DQN, van Hasselt et al. 2016, when 
 
 φ⁻ is the target network (a hard copy of φ every ``dqn.target-update`` gradient steps) and
 w_j the prioritized-replay importance weights (:mod:`fedmeta.algorithms.replay`); the sampled
-transitions' priorities become |y_j − Q_φ(s_j, a_j)|.  The proximal term is the shared one
+transitions' priorities become |y_j − Q_φ(s_j, a_j)|; the importance exponent is ``dqn.beta``, or
+annealed to 1 over ``dqn.beta-anneal-steps`` gradient steps.  ``solver.max-grad-norm`` > 0 clips
+the gradient norm before the Adam step.  The proximal term is the shared one
 (:func:`fedmeta.algorithms.prox.moreau_penalty`), added here as the base class adds it for
 on-policy solvers.  A truncated episode (the horizon) bootstraps; a terminated one does not.
 
@@ -59,15 +63,23 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_online: to
     return rewards + gamma * (1.0 - terminated) * next_value
 
 
-def weighted_td_loss(q_taken: torch.Tensor, target: torch.Tensor,
-                     weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1/D) Σ_j w_j (y_j − Q(s_j, a_j))² and the TD errors δ_j = y_j − Q(s_j, a_j) (detached)."""
+def weighted_td_loss(q_taken: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                     kind: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
+    """(1/D) Σ_j w_j ℓ(y_j − Q(s_j, a_j)) and the TD errors δ_j = y_j − Q(s_j, a_j) (detached).
+
+    ℓ(δ) = δ² (``"mse"``, the loss of eq. 12 as written) or the Huber loss with threshold 1
+    (``"huber"``: δ²/2 for |δ| ≤ 1, |δ| − 1/2 beyond; its gradient is δ clipped to [−1, 1], Mnih et
+    al. 2015's error clipping)."""
     delta = target - q_taken
-    return (weights * delta.pow(2)).mean(), delta.detach()
+    if kind == "huber":
+        per = torch.nn.functional.smooth_l1_loss(q_taken, target, reduction="none", beta=1.0)
+    else:
+        per = delta.pow(2)
+    return (weights * per).mean(), delta.detach()
 
 
 def dqn_loss(q_net: QNetwork, target_net: QNetwork, batch: ReplayBatch, gamma: float,
-             double: bool) -> tuple[torch.Tensor, torch.Tensor]:
+             double: bool, kind: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
     """The RL part of eq. (12) on one replay batch: (importance-weighted TD loss, TD errors)."""
     q_taken = q_net.q_values(batch.obs).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
@@ -75,7 +87,15 @@ def dqn_loss(q_net: QNetwork, target_net: QNetwork, batch: ReplayBatch, gamma: f
         next_target = target_net.q_values(batch.next_obs)
         target = td_target(batch.rewards, batch.terminated,
                            next_online if next_online is not None else next_target, next_target, gamma, double)
-    return weighted_td_loss(q_taken, target, batch.weights)
+    return weighted_td_loss(q_taken, target, batch.weights, kind)
+
+
+def importance_beta(grad_steps: int, cfg: DqnConfig) -> float:
+    """PER's importance exponent: ``dqn.beta``, annealed linearly to 1 over ``dqn.beta-anneal-steps``
+    gradient steps of this client when that is > 0 (Schaul et al. 2016, Section 3.4)."""
+    if cfg.beta_anneal_steps <= 0:
+        return cfg.beta
+    return cfg.beta + min(1.0, grad_steps / cfg.beta_anneal_steps) * (1.0 - cfg.beta)
 
 
 def epsilon(env_steps: int, cfg: DqnConfig) -> float:
@@ -177,6 +197,7 @@ class DQNSolver(LocalSolver):
                 stats.env_steps += taken
             if len(self.replay) < max(self.dqn.learning_starts, 1):
                 continue
+            self.replay.beta = importance_beta(self.grad_steps, self.dqn)
             stats.grad_norm = self._gradient_step(self.replay.sample(self.dqn.batch_size, rng), anchor, lam)
             stats.steps += 1
         stats.batch_return = self.collector.mean_return()
@@ -186,7 +207,8 @@ class DQNSolver(LocalSolver):
         """One step on eq. (12); updates priorities and, every target-update steps, the target net."""
         assert self.optimizer is not None and self.replay is not None and self.target is not None
         batch = ReplayBatch(*(t.to(self.device) if isinstance(t, torch.Tensor) else t for t in batch))
-        loss, delta = dqn_loss(self.policy, self.target, batch, self.cfg.gamma, self.dqn.double)  # type: ignore[arg-type]
+        loss, delta = dqn_loss(self.policy, self.target, batch, self.cfg.gamma, self.dqn.double,  # type: ignore[arg-type]
+                               self.dqn.loss)
         if anchor is not None:
             loss = loss + moreau_penalty(self.policy, anchor, lam)
         self.optimizer.zero_grad(set_to_none=True)

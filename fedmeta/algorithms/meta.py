@@ -25,8 +25,10 @@ from fedmeta.config import ProxConfig
 
 def moreau_round(solver: LocalSolver, venv: gym.vector.VectorEnv, horizon: int, meta: Params,
                  personal: Params | None, prox: ProxConfig, seed: int) -> tuple[Params, Params, RoundReport]:
-    """Run one personalization round; return (w_i, θ_i, report).  Uses ``solver.policy`` as θ."""
-    local_meta = {k: v.detach().clone() for k, v in meta.items()}
+    """Run one personalization round; return (w_i, θ_i, report).  Uses ``solver.policy`` as θ; w_i holds
+    the model's parameters (a buffer of the meta-model, e.g. a Q-table's visited mask, is not prox-updated)."""
+    names = [name for name, _ in solver.policy.named_parameters()]
+    local_meta = {k: meta[k].detach().clone() for k in names}
     start = personal if (prox.init == "personal" and personal is not None) else meta
     load_params(solver.policy, start)
     env_steps, steps, stats = 0, 0, None

@@ -21,7 +21,9 @@ the meta Q-table Q^π.  Per local iteration r (Algorithm 1, lines 9-11):
 What a client uploads for eq. (9): its auxiliary table under the model's key and a visited
 mask of the same shape (1.0 where it updated (s, a) this round, else 0.0) under
 ``<key>.visited``: both float parameter-shaped arrays, so the contract ("arrays of the shared
-model + scalar metrics") is kept.  Not yet wired to a Flower client (see README).
+model + scalar metrics") is kept.  On a client these run as the ``tabular-q`` local solver
+(:mod:`fedmeta.algorithms.tabular_solver`) under the ``pmeta`` client algorithm, on a Q-table
+policy (:mod:`fedmeta.policies.table`); :func:`local_round` is the same loop in one function.
 """
 
 from __future__ import annotations

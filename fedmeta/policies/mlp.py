@@ -140,7 +140,9 @@ def make_policy(observation_space: gym.Space, action_space: gym.Space, hidden_si
     """Build the policy for a task's single-env spaces; ``seed`` fixes the initial weights.
 
     ``kind`` ``"stochastic"``: softmax / Gaussian policy; ``"q"``: a greedy Q-network
-    (:class:`fedmeta.policies.q.QNetwork`, value-based solvers; discrete actions only); ``"sac"`` /
+    (:class:`fedmeta.policies.q.QNetwork`, value-based solvers; discrete actions only); ``"q-table"``:
+    a greedy Q-table over one-hot states (:class:`fedmeta.policies.table.QTable`, zeros; the hidden
+    sizes, activation and seed do not apply); ``"sac"`` /
     ``"sac-actor"``: SAC's actor with / without the twin critics (:class:`fedmeta.policies.sac.SACPolicy`).
     """
     if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
@@ -157,6 +159,12 @@ def make_policy(observation_space: gym.Space, action_space: gym.Space, hidden_si
                 raise ValueError(f"a SAC policy needs flat Box actions, got {action_space}")
             return SACPolicy(obs_dim, int(action_space.shape[0]), action_space.low, action_space.high,  # type: ignore[return-value]
                              hidden_sizes, activation, critics=kind == "sac")
+        if kind == "q-table":
+            from fedmeta.policies.table import QTable
+
+            if not isinstance(action_space, gym.spaces.Discrete):
+                raise ValueError(f"a Q-table policy needs Discrete actions, got {action_space}")
+            return QTable(obs_dim, int(action_space.n))  # type: ignore[return-value]
         if kind == "q":
             from fedmeta.policies.q import QNetwork
 
