@@ -27,7 +27,7 @@ from gymnasium.utils import EzPickle
 
 from fedmeta.tasks import tabular
 from fedmeta.tasks.base import Scalar, TaskFamily, TaskSpec, register_family, register_gym_env, spec_option
-from fedmeta.tasks.grid_nav import GRID_NAV, MOVES
+from fedmeta.tasks.grid_nav import GRID_NAV, GridNavEnv
 from fedmeta.tasks.tabular import TabularMDP, TabularVectorEnv, action_probabilities
 
 if TYPE_CHECKING:
@@ -53,30 +53,16 @@ def _grid_nav_spec(spec: TaskSpec) -> TaskSpec:
                     spec.task_id)
 
 
-class OneHotGridEnv(gym.Env, EzPickle):
+class OneHotGridEnv(GridNavEnv):
     """One task as a single gymnasium env with one-hot union-cell observations;
     ``gymnasium.make("fedmeta/GridworldSizes-v0", goal=(1, 0), size=3, union=11)``."""
 
-    metadata = {"render_modes": []}
-
     def __init__(self, goal: tuple[int, int] = (0, 0), size: int = 11, union: int = 11) -> None:
+        super().__init__(goal=goal, size=size)  # grid-nav's dynamics and reward; only the observation differs
         EzPickle.__init__(self, goal=goal, size=size, union=union)
-        self.half, self.goal = size // 2, np.asarray(goal, dtype=np.int64)
         self.cells = union_index(size, union)
         self.size = size
         self.observation_space = spaces.Box(0.0, 1.0, (union * union,), dtype=np.float32)
-        self.action_space = spaces.Discrete(len(MOVES))
-        self._pos = np.zeros(2, dtype=np.int64)
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self._pos = self.np_random.integers(-self.half, self.half + 1, size=2)
-        return self._obs(), {}
-
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        self._pos = np.clip(self._pos + MOVES[int(action)], -self.half, self.half)
-        reward = float(np.exp(-np.abs(self._pos - self.goal).sum()))
-        return self._obs(), reward, False, False, {"reward_distance": reward}
 
     def _obs(self) -> np.ndarray:
         obs = np.zeros(self.observation_space.shape, dtype=np.float32)
