@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -176,8 +177,11 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, flower_run_id: int | None 
             result = strategy.start(grid=grid, initial_arrays=arrays_to_record(w0), num_rounds=cfg.num_server_rounds,
                                     timeout=cfg.fed.round_timeout, train_config=ConfigRecord({}),
                                     evaluate_config=ConfigRecord({}))
-        finally:
-            checkpoints.wait()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the round's own error is the run's, not a checkpoint's
+                checkpoints.wait()
+            raise
+        checkpoints.wait()
         final = record_to_arrays(result.arrays)
         writer.save_meta_policy(final, cfg.num_server_rounds)
         summary = build_summary(cfg, getattr(strategy, "last_evaluation", []), federation.optimal,

@@ -149,7 +149,7 @@ def start_forkserver_first(flat: dict[str, Any]) -> None:
     config (torch), Flower and the apps, so the two import side by side (:mod:`fedmeta.forkserver`).
     The plug-in directories go on ``sys.path`` first: the server imports with this path.  A
     config error found afterwards still exits 2 (and :func:`exit_now` ends the server)."""
-    if flat.get("simulation.backend") != "process":
+    if flat.get("simulation.backend", SimulationConfig().backend) != "process":
         return
     from fedmeta.config import plugin_search_path
     from fedmeta.forkserver import start_forkserver
