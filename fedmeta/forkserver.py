@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 #: what the fork server imports once, before it forks workers: the ClientApp and its imports, and
 #: ``torch._dynamo``, which a client's first ``torch.optim`` optimizer imports (2-10 s per worker
 #: on a busy machine, in the first round, otherwise)
-PRELOAD = ("fedmeta.proc_backend", "clients.client_app", "torch._dynamo")
+PRELOAD = ("fedmeta.proc_worker", "clients.client_app", "torch._dynamo")
 CONTEXT = multiprocessing.get_context("forkserver")
 _STARTED: list[str] = []  # helper processes start_forkserver started: "forkserver", "resource-tracker"
 

@@ -43,10 +43,8 @@ from __future__ import annotations
 import os
 import pickle
 import queue
-import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from logging import DEBUG, ERROR, WARNING
 from multiprocessing.connection import Connection, wait
@@ -59,7 +57,7 @@ from flwr.common.constant import PARTITION_ID_KEY
 from flwr.common.logger import log
 from flwr.server.superlink.fleet.vce.backend.backend import Backend, BackendConfig
 
-from fedmeta import procs
+from fedmeta.proc_worker import serve
 from fedmeta.forkserver import CONTEXT, PRELOAD, start_forkserver, stop_forkserver  # noqa: F401  (PRELOAD: re-exported)
 from fedmeta.sim_bounds import (
     Bounds,
@@ -69,10 +67,8 @@ from fedmeta.sim_bounds import (
     RunEnded,
     engine_backend,
 )
-from fedmeta.text import first_line
 
 KILL_WAIT = 5.0  # seconds to wait for a killed worker to be gone
-procs.load_libc()  # in the fork server (it preloads this module), before it forks: workers call prctl
 
 
 def worker_count(num_cpus: int, client_cpus: float, client_gpus: float = 0.0) -> int:
@@ -111,36 +107,6 @@ class _Worker:
         self.process.join(grace)
         if self.process.exitcode is None:
             self.kill()
-
-
-def serve(conn: Connection, app_blob: bytes) -> None:
-    """A worker's loop: one ClientApp call per job until the pipe closes.  Each call unpickles the
-    ClientApp loader afresh, as a Ray actor does with its call's arguments (no state carries over
-    from one call to the next through the ClientApp object or its closures).  Replies: ``("ok", message, context)``, ``("load", text, traceback)`` (the
-    ClientApp could not be loaded) or ``("raised", "<Type>: <first line>", traceback)``."""
-    procs.die_with_parent(os.getppid(), signal.SIGKILL)  # the fork server: it exits with the simulation
-    while True:
-        try:
-            job = conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the simulation process closed the pipe or is gone
-        message, partition, context = pickle.loads(job)
-        try:
-            try:
-                app = pickle.loads(app_blob)()
-            except Exception as exc:
-                reply: tuple[Any, ...] = ("load", first_line(str(exc)) or type(exc).__name__, traceback.format_exc())
-            else:
-                reply = ("ok", app(message=message, context=context), context)
-            out = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # the ClientApp raised, or its reply cannot be sent
-            text = first_line(str(exc))
-            out = pickle.dumps(("raised", f"{type(exc).__name__}: {text}" if text else type(exc).__name__,
-                                traceback.format_exc()), protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            conn.send_bytes(out)
-        except (BrokenPipeError, OSError):
-            return
 
 
 class ProcessBackend(Backend):
