@@ -11,7 +11,7 @@ workers changes, through Flower's own backend interface (``Backend``: ``build``,
 ``ray.init`` and one Ray actor per CPU slot, each importing torch, gymnasium and Flower,
 :func:`fedmeta.forkserver.start_forkserver` starts Python's ``multiprocessing`` fork server early, which imports
 the ClientApp's modules once (:data:`~fedmeta.forkserver.PRELOAD`) while the simulation process imports its own;
-:meth:`ProcessBackend.build` then forks one worker per slot from it.  A worker receives the
+:meth:`ProcessBackend.build` then forks one worker per slot from it (its loop: :func:`fedmeta.proc_worker.serve`).  A worker receives the
 ClientApp loader once (cloudpickle, as Ray ships it), then ``(message, partition, context)``
 per call over a pipe, and answers ``(reply, context)``.
 
@@ -57,8 +57,8 @@ from flwr.common.constant import PARTITION_ID_KEY
 from flwr.common.logger import log
 from flwr.server.superlink.fleet.vce.backend.backend import Backend, BackendConfig
 
-from fedmeta.proc_worker import serve
 from fedmeta.forkserver import CONTEXT, PRELOAD, start_forkserver, stop_forkserver  # noqa: F401  (PRELOAD: re-exported)
+from fedmeta.proc_worker import serve
 from fedmeta.sim_bounds import (
     Bounds,
     ClientAppCrashed,
