@@ -191,3 +191,23 @@ def test_private_state_round_trips_and_private_critics_are_not_in_the_model(fede
     assert all(torch.equal(again["replay"][k], state["replay"][k]) for k in ("obs", "actions", "rewards"))
     assert again["alpha_optimizer"]["state"][0]["step"] == state["alpha_optimizer"]["state"][0]["step"] == 7
     venv.close()
+
+
+@pytest.mark.parametrize("preset", ["pmeta-cheetah-vel", "pmeta-cheetah-dir", "pmeta-ant-fwd-back", "pmeta-walker-params"])
+def test_table_iii_presets_train_a_round_and_evaluate_held_out(preset):
+    """Each Table III preset (shrunk: 12 SAC steps, a 16-unit net) runs a pMeta-RL round on its first
+    training task and evaluates the meta-policy on a held-out task of its family."""
+    from fedmeta.cli import resolve
+    from fedmeta.worker import TaskWorker, initial_meta_policy, tasks_of
+
+    cfg = resolve(preset, ["policy.hidden-sizes='16' prox.local-rounds=12 sac.learning-starts=4 sac.batch-size=4 "
+                           "task.horizon=10"])[0]
+    train, test = tasks_of(cfg)
+    assert len(test) == cfg.task.num_test_tasks > 0
+    meta = initial_meta_policy(cfg)
+    with TaskWorker(cfg, train[0], torch.device("cpu")) as worker:
+        upload, personal, metrics, _ = worker.train_round(meta, None, 1)
+    assert set(upload) == set(meta) and personal is not None
+    assert metrics["num-env-steps"] == 12 and metrics["inner-steps"] == 12 - 4 + 1
+    with TaskWorker(cfg, test[0], torch.device("cpu"), role="test") as worker:
+        assert np.isfinite(worker.evaluate(upload, 1, "meta")["meta-undiscounted-return"])
