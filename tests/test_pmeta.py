@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedmeta.cli import resolve
 from fedmeta.config import ExperimentConfig
 from fedmeta.worker import TaskWorker, initial_meta_policy, tasks_of
 
@@ -34,3 +35,15 @@ def test_one_local_iteration_is_eq_12_then_eq_13():
     assert metrics["inner-steps"] == 1
     assert all(np.allclose(upload[k], meta[k] - 0.1 * 3.0 * (meta[k] - personal[k]), atol=1e-6) for k in meta)
     assert any(not np.array_equal(personal[k], meta[k]) for k in meta)
+
+
+def test_an_off_policy_rounds_training_return_counts_the_episodes_that_ended_in_the_round():
+    """pMeta-RL calls the DQN solver once per local iteration; the round's train-return is still the mean
+    of the episodes that ended during the round (MountainCar: every episode is truncated at H = 200 with
+    return -200 unless it reaches the goal), not the running return at the last call (-50 here)."""
+    cfg = resolve("pmeta-mountaincar", ["policy.hidden-sizes='8' prox.local-rounds=250 prox.lam=1.0 prox.outer-lr=0.5"])[0]
+    spec = tasks_of(cfg)[0][0]
+    with TaskWorker(cfg, spec, torch.device("cpu")) as worker:
+        _, _, metrics, _ = worker.train_round(initial_meta_policy(cfg), None, 1)
+    assert metrics["num-env-steps"] == 2500
+    assert metrics["train-return"] == -200.0

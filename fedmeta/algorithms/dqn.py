@@ -174,13 +174,18 @@ class DQNSolver(LocalSolver):
         return act
 
     # ----------------------------------------------------------------- update
+    def start_round(self) -> None:
+        """The round's training return counts every episode that ends in the round: pMeta-RL and
+        MEMRL call :meth:`improve` once per local iteration, so per call it would see almost none."""
+        self.collector.finished = []
+
     def improve(self, venv: gym.vector.VectorEnv, horizon: int, anchor: Mapping[str, torch.Tensor] | None,
                 lam: float, steps: int, tol: float, seed: int) -> SolveStats:
         """``steps`` × [collect ``dqn.collect-steps`` env steps; one gradient step on eq. (12)].
 
         ``stats.steps`` counts gradient steps (none until ``dqn.learning-starts``), ``stats.env_steps``
         env steps; ``stats.batch_return`` is the mean undiscounted return of the episodes that ended
-        during this call (of the running ones when none ended).  ``tol`` is not used.
+        in this round, since :meth:`start_round` (of the running ones when none ended).  ``tol`` is not used.
         """
         self._ensure(int(venv.single_observation_space.shape[0]))  # type: ignore[index]
         assert self.replay is not None and self.target is not None
@@ -188,7 +193,6 @@ class DQNSolver(LocalSolver):
             self.optimizer = self.make_optimizer()
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD9]))
         stats = SolveStats(grad_norm=0.0)
-        self.collector.finished = []
         behaviour = self._behaviour(int(venv.single_action_space.n))  # type: ignore[attr-defined]
         for _ in range(steps):
             for _ in range(self.dqn.collect_steps):

@@ -198,13 +198,18 @@ class SACSolver(LocalSolver):
         return act
 
     # ----------------------------------------------------------------- update
+    def start_round(self) -> None:
+        """The round's training return counts every episode that ends in the round: pMeta-RL and
+        MEMRL call :meth:`improve` once per local iteration, so per call it would see almost none."""
+        self.collector.finished = []
+
     def improve(self, venv: gym.vector.VectorEnv, horizon: int, anchor: Mapping[str, torch.Tensor] | None,
                 lam: float, steps: int, tol: float, seed: int) -> SolveStats:
         """``steps`` × [collect ``sac.collect-steps`` env steps; one gradient step of critics, actor, α].
 
         ``stats.steps`` counts gradient steps (none until ``sac.learning-starts``), ``stats.env_steps``
         env steps; ``stats.batch_return`` is the mean undiscounted return of the episodes that ended
-        during this call (of the running ones when none ended); ``stats.grad_norm`` the actor's
+        in this round, since :meth:`start_round` (of the running ones when none ended); ``stats.grad_norm`` the actor's
         gradient norm (with the prox term).  ``tol`` is not used.
         """
         self._ensure(seed)
@@ -214,7 +219,6 @@ class SACSolver(LocalSolver):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5AC]))
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 0x5AD]).generate_state(1)[0]))
         stats = SolveStats(grad_norm=0.0)
-        self.collector.finished = []
         behaviour = self._behaviour(gen)
         for _ in range(steps):
             for _ in range(self.sac.collect_steps):
