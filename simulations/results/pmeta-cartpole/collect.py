@@ -16,6 +16,8 @@ runs = []
 for cfg_path in sorted(glob.glob(f"{ROOT}/*/config.json")):
     d = os.path.dirname(cfg_path)
     cfg = json.load(open(cfg_path))["config"]
+    if cfg["task.family"] not in ("cartpole-physics", "mountaincar-incline"):
+        continue  # Table I tasks only
     rows = [json.loads(line) for line in open(f"{d}/rounds.jsonl")]
     ev = [r for r in rows if r.get("phase") == "evaluate"]
     if not ev or ev[-1]["round"] != cfg["num-server-rounds"]:
@@ -72,6 +74,22 @@ for r in sorted(runs, key=lambda r: (r["experiment"], r["algorithm"], r["seed"])
     fmt = lambda x: (f"{x['final']:.1f} / {x['best']:.1f} (r {x['best-round']}; " +
                      " ".join(f"{v:.0f}" for v in x["final-per-task"].values()) + ")") if x else "–"
     lines.append(f"| {r['experiment']} | {r['algorithm']} | {r['seed']} | {fmt(r.get('PP'))} | {fmt(r.get('MP'))} | "
-                 f"{r['env-steps']:.0f} | {r.get('mean-train-round-s', float('nan')):.1f} |")
+                 f"{r['env-steps']:.0f} | {r['mean-train-round-s']:.1f} |" if "mean-train-round-s" in r else f"{r['env-steps']:.0f} | – |")
+lines += ["", "Paired by seed: pMeta-RL PP minus model averaging (fedavg MP), same experiment and seed:", "",
+          "| experiment | pmeta run | seeds | final: differences, mean [95 % CI] | best: differences, mean [95 % CI] |",
+          "|---|---|---|---|---|"]
+for (exp, alg), rs in sorted(groups.items()):
+    if not alg.startswith("pmeta"):
+        continue
+    base = {r["seed"]: r for r in groups.get((exp, "fedavg"), [])}
+    pairs = [(r, base[r["seed"]]) for r in sorted(rs, key=lambda r: r["seed"]) if r["seed"] in base]
+    if not pairs:
+        continue
+    cols = []
+    for what in ("final", "best"):
+        d = [a["PP"][what] - b["MP"][what] for a, b in pairs]
+        p_, lo, hi = bootstrap_ci(d)
+        cols.append(f"{', '.join(f'{x:+.1f}' for x in d)}; {p_:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+    lines.append(f"| {exp} | {alg} | {','.join(str(a['seed']) for a, _ in pairs)} | {cols[0]} | {cols[1]} |")
 open(f"{OUT}/table.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
