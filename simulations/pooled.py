@@ -81,9 +81,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     try:
         for r in range(1, cfg.num_server_rounds + 1):
             solver.start_round()
-            restart = getattr(solver, "collector", None)
-            if restart is not None:
-                restart.restart()  # episodes do not continue across rounds, as on a client
+            collector = getattr(solver, "collector", None)  # the off-policy solvers' running episodes
+            if collector is not None:
+                collector.restart()  # episodes do not continue across rounds, as on a client
             stats = solver.improve(venv, specs[0].horizon, None, 0.0, steps_per_round, cfg.prox.tol,
                                    stream_seed(cfg.seed, "pooled", r, "train"))
             env_steps += stats.env_steps
