@@ -47,13 +47,19 @@ from fedmeta.tasks.lockstep import LockstepVectorEnv
 from fedmeta.worker import TaskWorker, build_policy, tasks_of, to_numpy
 
 
-def pooled_venv(cfg: ExperimentConfig, specs: list[TaskSpec]) -> gym.vector.VectorEnv:
-    """A client-width vector env (``max(solver.episodes-per-step, eval.episodes)`` envs) whose env j
-    runs task ``specs[j % N]``; finished envs idle until the next reset, as on a client."""
+def pooled_width(cfg: ExperimentConfig, num_tasks: int) -> int:
+    """The client's env count, ``max(solver.episodes-per-step, eval.episodes)``, if it is a multiple of N."""
     width = max(cfg.solver.episodes_per_step, cfg.eval.episodes)
-    if width % len(specs):
+    if width % num_tasks:
         raise ConfigError(f"solver.episodes-per-step / eval.episodes: {width} envs do not spread evenly over "
-                          f"{len(specs)} tasks; valid: a multiple of task.num-clients")
+                          f"{num_tasks} tasks; valid: a multiple of task.num-clients")
+    return width
+
+
+def pooled_venv(cfg: ExperimentConfig, specs: list[TaskSpec]) -> gym.vector.VectorEnv:
+    """A client-width vector env whose env j runs task ``specs[j % N]``; finished envs idle until the
+    next reset, as on a client."""
+    width = pooled_width(cfg, len(specs))
     family = TASK_FAMILIES.get(specs[0].family)
     envs = [family.make_task_env(specs[j % len(specs)]) for j in range(width)]
     return LockstepVectorEnv(envs, specs[0].horizon, gym.vector.AutoresetMode.DISABLED)
@@ -80,10 +86,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     env_steps = grad_steps = 0
     try:
         for r in range(1, cfg.num_server_rounds + 1):
-            solver.start_round()
-            collector = getattr(solver, "collector", None)  # the off-policy solvers' running episodes
-            if collector is not None:
-                collector.restart()  # episodes do not continue across rounds, as on a client
+            solver.start_round()  # episodes restart every round, as on a client
             stats = solver.improve(venv, specs[0].horizon, None, 0.0, steps_per_round, cfg.prox.tol,
                                    stream_seed(cfg.seed, "pooled", r, "train"))
             env_steps += stats.env_steps
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seeds = parse_seeds(args.seeds)
         configs = [resolve(args.experiment, [*args.run_config, f"seed={s}"])[0] for s in seeds]
+        for cfg in configs:
+            pooled_width(cfg, cfg.task.num_clients)
     except ConfigError as exc:
         print(f"pooled: {exc}", file=sys.stderr)
         return 2
@@ -130,11 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     finals, bests = [], []
     for cfg in configs:
-        try:
-            pooled_venv(cfg, tasks_of(cfg)[0]).close()
-        except ConfigError as exc:
-            print(f"pooled: {exc}", file=sys.stderr)
-            return 2
         record = run(cfg)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / f"pooled-{cfg.experiment}-s{cfg.seed}.json", record)

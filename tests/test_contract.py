@@ -163,8 +163,7 @@ def test_the_client_apps_off_policy_rounds_equal_one_uninterrupted_learner(tmp_p
     with live:
         for server_round in (1, 2, 3):
             reply = node.train(server_round)
-            live.solver.collector.restart()  # episodes do not continue across rounds (each round starts from resets)
-            live.solver.start_round()  # as TaskWorker.train_round does
+            live.solver.start_round()  # as TaskWorker.train_round does: each round starts from resets
             upload, state, report = live.algorithm.train(live.venv, live.spec.horizon, to_torch(meta, live.device),
                                                          state, live._stream(server_round, "train"))
             assert nested_equal(record_to_arrays(reply.content["arrays"]), to_numpy(upload))

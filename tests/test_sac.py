@@ -12,9 +12,11 @@ import torch
 from fedmeta.algorithms.prox import detached_params
 from fedmeta.algorithms.replay import ReplayBatch
 from fedmeta.algorithms.sac import (SACSolver, actor_loss, critic_loss, critic_target, polyak, temperature_loss)
+from fedmeta.cli import resolve
 from fedmeta.config import ExperimentConfig
 from fedmeta.policies.sac import SACPolicy, tanh_log_det
 from fedmeta.tasks import TASK_FAMILIES, task_split
+from fedmeta.worker import TaskWorker, initial_meta_policy, tasks_of
 
 
 def _log_normal(x: float, mean: float, std: float) -> float:
@@ -197,9 +199,6 @@ def test_private_state_round_trips_and_private_critics_are_not_in_the_model(fede
 def test_table_iii_presets_train_a_round_and_evaluate_held_out(preset):
     """Each Table III preset (shrunk: 12 SAC steps, a 16-unit net) runs a pMeta-RL round on its first
     training task and evaluates the meta-policy on a held-out task of its family."""
-    from fedmeta.cli import resolve
-    from fedmeta.worker import TaskWorker, initial_meta_policy, tasks_of
-
     cfg = resolve(preset, ["policy.hidden-sizes='16' prox.local-rounds=12 sac.learning-starts=4 sac.batch-size=4 "
                            "task.horizon=10"])[0]
     train, test = tasks_of(cfg)

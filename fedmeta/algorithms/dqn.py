@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from fedmeta.algorithms.base import SOLVERS, LocalSolver, SolveStats
-from fedmeta.algorithms.offpolicy import Behaviour, TransitionCollector
+from fedmeta.algorithms.offpolicy import Behaviour, CollectingSolver, TransitionCollector
 from fedmeta.algorithms.prox import moreau_penalty
 from fedmeta.algorithms.replay import ReplayBatch, ReplayBuffer
 from fedmeta.config import DqnConfig, ExperimentConfig, SolverConfig
@@ -105,7 +105,7 @@ def epsilon(env_steps: int, cfg: DqnConfig) -> float:
 
 
 @SOLVERS.register("dqn")
-class DQNSolver(LocalSolver):
+class DQNSolver(CollectingSolver, LocalSolver):
     """DQN with (prioritized) replay, ε-greedy exploration and a target network (module docstring)."""
 
     policy_kind = "q"
@@ -174,11 +174,6 @@ class DQNSolver(LocalSolver):
         return act
 
     # ----------------------------------------------------------------- update
-    def start_round(self) -> None:
-        """The round's training return counts every episode that ends in the round: pMeta-RL and
-        MEMRL call :meth:`improve` once per local iteration, so per call it would see almost none."""
-        self.collector.finished = []
-
     def improve(self, venv: gym.vector.VectorEnv, horizon: int, anchor: Mapping[str, torch.Tensor] | None,
                 lam: float, steps: int, tol: float, seed: int) -> SolveStats:
         """``steps`` × [collect ``dqn.collect-steps`` env steps; one gradient step on eq. (12)].

@@ -8,7 +8,7 @@ an env whose episode has ended (``autoreset_mode=DISABLED``, :mod:`fedmeta.tasks
 rows are not stored, and when every env has ended all of them reset with seeds drawn from the
 solver's generator.  A truncated episode (the horizon) is stored with ``terminated = 0``, so its
 last transition bootstraps; a terminated one does not.  Episodes do not continue across rounds
-(a new collector, or :meth:`restart`, starts from reset states).
+(a new collector, or the solver's ``start_round``, starts from reset states).
 """
 
 from __future__ import annotations
@@ -37,6 +37,14 @@ class TransitionCollector:
         """Drop the running episodes: the next :meth:`step` resets every env."""
         self.obs = None
 
+    def new_round(self) -> None:
+        """A round starts from reset states, and its training return counts the episodes that end in
+        it (over all of the round's :meth:`step` calls; pMeta-RL and MEMRL call the solver once per
+        local iteration)."""
+        self.restart()
+        self.finished = []
+
+
     def step(self, venv: gym.vector.VectorEnv, rng: np.random.Generator, behaviour: Behaviour,
              replay: ReplayBuffer) -> int:
         """One step of every running env into ``replay``; returns the env steps taken."""
@@ -62,3 +70,12 @@ class TransitionCollector:
         (of the running ones when none ended; 0 when there are none)."""
         returns = self.finished or (self.running[self.alive].tolist() if self.obs is not None else [])
         return float(np.mean(returns)) if returns else 0.0
+
+
+class CollectingSolver:
+    """Mixin of the off-policy solvers: each training round starts a new round of their collector."""
+
+    collector: TransitionCollector
+
+    def start_round(self) -> None:
+        self.collector.new_round()

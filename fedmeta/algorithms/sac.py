@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from fedmeta.algorithms.base import SOLVERS, LocalSolver, SolveStats
-from fedmeta.algorithms.offpolicy import Behaviour, TransitionCollector
+from fedmeta.algorithms.offpolicy import Behaviour, CollectingSolver, TransitionCollector
 from fedmeta.algorithms.prox import moreau_penalty
 from fedmeta.algorithms.replay import ReplayBatch, ReplayBuffer
 from fedmeta.config import ExperimentConfig, SacConfig, SolverConfig
@@ -79,7 +79,7 @@ def polyak(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None
 
 
 @SOLVERS.register("sac")
-class SACSolver(LocalSolver):
+class SACSolver(CollectingSolver, LocalSolver):
     """Soft actor-critic with twin critics, target critics and a learned temperature (module docstring)."""
 
     policy_kind = "sac"
@@ -198,11 +198,6 @@ class SACSolver(LocalSolver):
         return act
 
     # ----------------------------------------------------------------- update
-    def start_round(self) -> None:
-        """The round's training return counts every episode that ends in the round: pMeta-RL and
-        MEMRL call :meth:`improve` once per local iteration, so per call it would see almost none."""
-        self.collector.finished = []
-
     def improve(self, venv: gym.vector.VectorEnv, horizon: int, anchor: Mapping[str, torch.Tensor] | None,
                 lam: float, steps: int, tol: float, seed: int) -> SolveStats:
         """``steps`` × [collect ``sac.collect-steps`` env steps; one gradient step of critics, actor, α].
