@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 from fedmeta.config import ConfigError, ExperimentConfig, KeyRow, Scalar, experiment_keys, one_line, valid_keys
 from fedmeta.launch import run_simulation_child
-from fedmeta.resources import check_local_resources, check_new_run_dir, prepare_dir, resource_warnings
+from fedmeta.resources import check_local_resources, check_new_run_dir, claim_new_dir, prepare_dir, resource_warnings
 from fedmeta.results import default_run_dir
 from fedmeta.tasks import TASK_FAMILIES, task_split
 
@@ -235,9 +235,12 @@ def plan_runs(experiment: str | None, run_config: list[str], seeds: list[int] | 
     first, first_flat, notices = resolved[0]
     check_local_resources(first)  # the seeds' configs differ in the seed only
     key, directory = _result_dir(first, seeds is not None)
-    for run_dir in [directory] if seeds is None else [directory / f"s{seed}" for seed in seeds]:
-        check_new_run_dir(key, run_dir)  # a second run into it would mix with the first
-    prepare_dir(key, directory)
+    if first.run_dir:
+        for run_dir in [directory] if seeds is None else [directory / f"s{seed}" for seed in seeds]:
+            check_new_run_dir(key, run_dir)  # a second run into it would mix with the first
+        prepare_dir(key, directory)
+    else:
+        directory = claim_new_dir(key, directory)
     if first.client.state_dir:
         prepare_dir("client.state-dir", Path(first.client.state_dir))
     directory = directory.resolve()

@@ -120,6 +120,9 @@ class DqnConfig:
     beta: float = field(default=0.4, metadata=_doc("importance-weight exponent: w_j = (P(j) / min_k P(k))^-beta"))
     beta_anneal_steps: int = field(default=0, metadata=_doc("anneal beta linearly to 1 over this many gradient steps "
                                                             "of the client (Schaul et al. 2016); 0 = constant beta"))
+    n_step: int = field(default=1, metadata=_doc("n of the n-step TD target y = sum_{i<n} gamma^i r_{t+i} + gamma^n "
+                                                 "V(s_{t+n}) (shorter at an episode's or round's end); 1 = the "
+                                                 "one-step target of eq. (12)"))
     loss: str = field(default="mse", metadata=_doc("TD loss: mse (squared TD error, eq. 12 as written) | huber "
                                                    "(smooth-L1 with threshold 1: the gradient of the TD error "
                                                    "clipped to [-1, 1])"))
@@ -556,6 +559,7 @@ class ExperimentConfig:
         _in_range("dqn.beta", dqn.beta, 0.0, 1.0)
         _in_range("dqn.beta-anneal-steps", dqn.beta_anneal_steps, 0, 100_000_000)
         _choice("dqn.loss", dqn.loss, ["huber", "mse"])
+        _in_range("dqn.n-step", dqn.n_step, 1, 100)
 
     def _validate_tabular(self) -> None:
         _in_range("tabular.lr", self.tabular.lr, 0.0, 1.0)

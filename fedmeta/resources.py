@@ -45,6 +45,25 @@ def prepare_dir(key: str, path: Path) -> None:
         raise ConfigError(f"{key}: the directory {str(path)!r} is not writable; valid: a writable directory path")
 
 
+def claim_new_dir(key: str, path: Path) -> Path:
+    """Create the time-stamped result directory ``path`` itself, atomically: two runs started in the
+    same second with the same experiment, algorithm and seed get the same name, and would otherwise
+    write into one directory.  When ``path`` is taken, ``<name>-2`` (``-3``, ...) is tried instead;
+    returns the directory created.  ``key``: the config key that chose its parent."""
+    prepare_dir(key, path.parent)
+    for attempt in range(1, 1000):
+        candidate = path if attempt == 1 else path.with_name(f"{path.name}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot create the directory {str(candidate)!r} ({exc.strerror or exc}); "
+                              "valid: a writable directory path") from None
+        return candidate
+    raise ConfigError(f"{key}: {str(path)!r} and 998 numbered variants of it already exist; valid: another output-dir")
+
+
 def check_new_run_dir(key: str, path: Path) -> None:
     """A run writes into a new or empty directory only: one that already holds a run (or anything
     else) would mix two runs' rows and let the new run's clients warm-start from the old run's state.

@@ -147,6 +147,7 @@ class TaskWorker:
         self.solver.start_round()
         upload, new_state, report = self.algorithm.train(self.venv, self.spec.horizon, to_torch(meta, self.device),
                                                          state, self._stream(server_round, "train"))
+        self.solver.end_round()
         upload = {**upload, **self.solver.round_upload()}  # e.g. the Q-table's visited mask (pMeta-RL eq. 9)
         new_personal = to_numpy(new_state.personal) if new_state.personal is not None else None
         blob = {"optimizers": new_state.optimizers, SOLVER_SLOT: self.solver.state_dict()}

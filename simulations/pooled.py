@@ -89,6 +89,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             solver.start_round()  # episodes restart every round, as on a client
             stats = solver.improve(venv, specs[0].horizon, None, 0.0, steps_per_round, cfg.prox.tol,
                                    stream_seed(cfg.seed, "pooled", r, "train"))
+            solver.end_round()
             env_steps += stats.env_steps
             grad_steps += stats.steps
             row: dict[str, Any] = {"round": r, "env-steps": env_steps, "grad-steps": grad_steps,

@@ -337,6 +337,21 @@ def test_an_empty_existing_run_directory_is_used(files, no_launch, capsys):
         fedmeta.cli.main(rc(f"run-dir='{files / 'empty'}'"))
 
 
+def test_runs_started_in_the_same_second_get_directories_of_their_own(tmp_path, monkeypatch):
+    """The default result directory is time-stamped to the second: a second run with the same name
+    (experiment, algorithm, seed) gets ``<name>-2`` instead of writing into the first one's."""
+    taken = tmp_path / "out" / "memrl-grid-memrl-20261130-161621-s10"
+    _a_run(taken)
+    monkeypatch.setattr(fedmeta.cli, "_result_dir", lambda cfg, seeds: ("output-dir", taken))
+    first = fedmeta.cli.plan_runs("memrl-grid", [f"output-dir='{tmp_path / 'out'}'"], None)[0][0]
+    second = fedmeta.cli.plan_runs("memrl-grid", [f"output-dir='{tmp_path / 'out'}'"], None)[0][0]
+    assert first.run_dir == taken.with_name(taken.name + "-2") and second.run_dir == taken.with_name(taken.name + "-3")
+    assert sorted(p.name for p in first.run_dir.iterdir()) == [] and (taken / "rounds.jsonl").exists()
+    with_seeds = fedmeta.cli.plan_runs("memrl-grid", [f"output-dir='{tmp_path / 'out'}'"], [0, 1])[0]
+    assert [r.run_dir for r in with_seeds] == [taken.with_name(taken.name + "-4") / "s0",
+                                               taken.with_name(taken.name + "-4") / "s1"]
+
+
 def test_the_server_app_refuses_a_run_directory_that_holds_a_run(tmp_path):
     """Deployments start no ``fedmeta run``: the ServerApp checks before it writes anything."""
     from server.server_app import open_writer

@@ -74,6 +74,10 @@ class LocalSolver(ABC):
     def start_round(self) -> None:
         """Called before each training round on this client (the tabular solver clears its visited mask)."""
 
+    def end_round(self) -> None:
+        """Called after each training round on this client, before :meth:`state_dict` (the off-policy
+        solvers store their pending n-step transitions)."""
+
     def round_upload(self) -> dict[str, torch.Tensor]:
         """Arrays of the model's state other than its parameters that the round's upload carries (the
         tabular solver's visited mask for pMeta-RL eq. 9); none for other solvers."""

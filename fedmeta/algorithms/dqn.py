@@ -13,6 +13,11 @@ with the TD target (Mnih et al. 2015; double DQN, van Hasselt et al. 2016, when 
     y_j = r_j + γ (1 − terminated_j) Q_φ⁻(s'_j, argmax_a Q_φ(s'_j, a))       (double)
     y_j = r_j + γ (1 − terminated_j) max_a Q_φ⁻(s'_j, a)                       (plain)
 
+or, with ``dqn.n-step`` = n > 1, the n-step target (Sutton & Barto 2018, Section 7.1; Tianshou's
+DQN, which the paper used, defaults to n = 3 in its CartPole example): r_j is the discounted sum of
+the k ≤ n rewards the transition spans, s'_j the state k steps on and γ becomes γ^k
+(:class:`fedmeta.algorithms.offpolicy.TransitionCollector`).
+
 φ⁻ is the target network (a hard copy of φ every ``dqn.target-update`` gradient steps) and
 w_j the prioritized-replay importance weights (:mod:`fedmeta.algorithms.replay`); the sampled
 transitions' priorities become |y_j − Q_φ(s_j, a_j)|; the importance exponent is ``dqn.beta``, or
@@ -53,8 +58,9 @@ from fedmeta.rollouts import EpisodeBatch
 
 
 def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_online: torch.Tensor,
-              next_q_target: torch.Tensor, gamma: float, double: bool) -> torch.Tensor:
-    """y = r + γ(1 − terminated)·V(s'), V from the target net (argmax by the online net when ``double``)."""
+              next_q_target: torch.Tensor, gamma: float | torch.Tensor, double: bool) -> torch.Tensor:
+    """y = r + γ(1 − terminated)·V(s'), V from the target net (argmax by the online net when ``double``);
+    ``gamma`` a tensor: each transition's own discount γ^k (n-step transitions, r their k-step sum)."""
     if double:
         best = next_q_online.argmax(-1, keepdim=True)
         next_value = next_q_target.gather(-1, best).squeeze(-1)
@@ -85,8 +91,9 @@ def dqn_loss(q_net: QNetwork, target_net: QNetwork, batch: ReplayBatch, gamma: f
     with torch.no_grad():
         next_online = q_net.q_values(batch.next_obs) if double else None
         next_target = target_net.q_values(batch.next_obs)
+        discount = gamma if batch.steps is None else gamma ** batch.steps.to(next_target.dtype)
         target = td_target(batch.rewards, batch.terminated,
-                           next_online if next_online is not None else next_target, next_target, gamma, double)
+                           next_online if next_online is not None else next_target, next_target, discount, double)
     return weighted_td_loss(q_taken, target, batch.weights, kind)
 
 
@@ -119,7 +126,7 @@ class DQNSolver(CollectingSolver, LocalSolver):
         self.target: QNetwork | None = None
         self.env_steps = 0  # this client's env steps, all rounds (the ε-schedule position)
         self.grad_steps = 0  # this client's gradient steps, all rounds (the target-update clock)
-        self.collector = TransitionCollector()  # the envs' running episodes within a round
+        self.collector = TransitionCollector(self.dqn.n_step, cfg.gamma)  # the envs' running episodes within a round
 
     @classmethod
     def from_config(cls, policy: Any, cfg: ExperimentConfig, device: torch.device) -> DQNSolver:

@@ -25,7 +25,10 @@ PRIORITY_EPS = 1e-6
 
 
 class ReplayBatch(NamedTuple):
-    """Sampled transitions (s, a, r, s', terminated), their buffer indices and importance weights."""
+    """Sampled transitions (s, a, r, s', terminated), their buffer indices and importance weights;
+    ``steps``: the env steps k each transition spans (r is then the k-step discounted reward sum
+    and s' the state k steps on; :class:`fedmeta.algorithms.offpolicy.TransitionCollector`), None
+    when every transition is a one-step one."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -34,6 +37,7 @@ class ReplayBatch(NamedTuple):
     terminated: torch.Tensor
     indices: np.ndarray
     weights: torch.Tensor
+    steps: torch.Tensor | None = None
 
 
 class ReplayBuffer:
@@ -49,6 +53,7 @@ class ReplayBuffer:
                         else np.zeros(capacity, dtype=np.int64))
         self.rewards = np.zeros(capacity, dtype=np.float32)
         self.terminated = np.zeros(capacity, dtype=np.float32)
+        self.steps = np.ones(capacity, dtype=np.int16)  # env steps a transition spans (n-step returns)
         self.priority_alpha = np.zeros(capacity, dtype=np.float64)  # p_j^α
         self.max_priority = 1.0
         self.pos = 0
@@ -58,12 +63,14 @@ class ReplayBuffer:
         return self.size
 
     def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
-            terminated: np.ndarray) -> None:
-        """Store a batch of transitions (rows), overwriting the oldest when full."""
+            terminated: np.ndarray, steps: np.ndarray | None = None) -> None:
+        """Store a batch of transitions (rows), overwriting the oldest when full; ``steps``: the env
+        steps each row spans (default 1)."""
         for row in range(len(actions)):
             i = self.pos
             self.obs[i], self.actions[i], self.rewards[i] = obs[row], actions[row], rewards[row]
             self.next_obs[i], self.terminated[i] = next_obs[row], terminated[row]
+            self.steps[i] = 1 if steps is None else steps[row]
             self.priority_alpha[i] = self.max_priority ** self.alpha
             self.pos = (self.pos + 1) % self.capacity
             self.size = min(self.size + 1, self.capacity)
@@ -84,10 +91,12 @@ class ReplayBuffer:
             weights = (probs[indices] / probs.min()) ** (-self.beta)
         else:
             weights = np.ones(batch_size)
+        steps = self.steps[indices]
         return ReplayBatch(torch.from_numpy(self.obs[indices]), torch.from_numpy(self.actions[indices]),
                            torch.from_numpy(self.rewards[indices]), torch.from_numpy(self.next_obs[indices]),
                            torch.from_numpy(self.terminated[indices]), indices,
-                           torch.as_tensor(weights, dtype=torch.float32))
+                           torch.as_tensor(weights, dtype=torch.float32),
+                           None if (steps == 1).all() else torch.from_numpy(steps.astype(np.int64)))
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """p_j ← |δ_j| + ε for the sampled transitions (a repeated index keeps its last value)."""
@@ -112,6 +121,7 @@ class ReplayBuffer:
         return {"obs": torch.from_numpy(self.obs[:n].copy()), "next_obs": torch.from_numpy(self.next_obs[:n].copy()),
                 "actions": torch.from_numpy(self.actions[:n].copy()), "rewards": torch.from_numpy(self.rewards[:n].copy()),
                 "terminated": torch.from_numpy(self.terminated[:n].copy()),
+                "steps": torch.from_numpy(self.steps[:n].copy()),
                 "priority_alpha": torch.from_numpy(self.priority_alpha[:n].copy()),
                 "pos": self.pos, "size": n, "max_priority": self.max_priority}
 
@@ -134,5 +144,7 @@ class ReplayBuffer:
             next_pos = len(keep) % self.capacity
         for name in ("obs", "next_obs", "actions", "rewards", "terminated", "priority_alpha"):
             getattr(self, name)[:len(keep)] = state[name].numpy()[keep]
+        # a buffer saved before n-step returns holds one-step transitions only
+        self.steps[:len(keep)] = state["steps"].numpy()[keep] if "steps" in state else 1
         self.size, self.pos = len(keep), next_pos
         self.max_priority = float(state["max_priority"])
