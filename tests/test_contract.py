@@ -166,6 +166,7 @@ def test_the_client_apps_off_policy_rounds_equal_one_uninterrupted_learner(tmp_p
             live.solver.start_round()  # as TaskWorker.train_round does: each round starts from resets
             upload, state, report = live.algorithm.train(live.venv, live.spec.horizon, to_torch(meta, live.device),
                                                          state, live._stream(server_round, "train"))
+            live.solver.end_round()  # and ends by storing the pending n-step transitions
             assert nested_equal(record_to_arrays(reply.content["arrays"]), to_numpy(upload))
             assert {k: v for k, v in reply.content["metrics"].items() if k != "task-id"} == report.as_metrics()
             assert nested_equal(node.personal(), to_numpy(state.personal))
