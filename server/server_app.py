@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmeta.config import ConfigError, ExperimentConfig, plugin_dirs
 from fedmeta.polling import pull_every, pull_interval_for
 from fedmeta.records import arrays_to_record, record_to_arrays
+from fedmeta.resources import claim_new_dir
 from fedmeta.results import RunWriter, atomic_write_json, default_run_dir, package_versions, run_files
 from fedmeta.summary import build_summary
 from fedmeta.worker import initial_meta_policy, tasks_of
@@ -60,12 +61,21 @@ def _module_of(obj: object) -> str:
 def open_writer(cfg: ExperimentConfig) -> RunWriter:
     """The run's writer, with rounds rows mirrored to TensorBoard when ``tensorboard`` is on; a
     ConfigError when the run directory already holds a run and ``resume`` is off (``fedmeta run``
-    checks this before it starts anything; this check covers deployments)."""
+    checks this before it starts anything; this check covers deployments).  Without ``run-dir`` the
+    time-stamped directory is created atomically, so two runs started in the same second (same
+    experiment, algorithm and seed) write into ``<name>`` and ``<name>-2``, never into one."""
+    if not cfg.run_dir and not cfg.resume:
+        run_dir = claim_new_dir("output-dir", run_dir_for(cfg))
+        return _writer(cfg, run_dir)
     run_dir = run_dir_for(cfg)
     held = run_files(run_dir)
     if held and not cfg.resume:
         raise ConfigError(f"run-dir={str(run_dir)!r}: the directory already holds a run ({', '.join(held)}); "
                           "valid: an empty or new directory, or resume=true to continue that run")
+    return _writer(cfg, run_dir)
+
+
+def _writer(cfg: ExperimentConfig, run_dir: Path) -> RunWriter:
     writer = RunWriter(run_dir)
     if cfg.tensorboard:
         from fedmeta.tensorboard_log import LOG_DIR, TensorBoardLog

@@ -363,3 +363,16 @@ def test_the_server_app_refuses_a_run_directory_that_holds_a_run(tmp_path):
     (tmp_path / "fresh" / "clients").mkdir(parents=True)  # an empty state dir, as prepare_dir makes it
     (tmp_path / "fresh" / "fedmeta.log").write_text("")  # the simulation's log comes first
     open_writer(fedmeta.cli.resolve(None, [f"run-dir='{tmp_path / 'fresh'}'"])[0]).close()
+
+
+def test_the_server_app_never_shares_a_time_stamped_directory(tmp_path, monkeypatch):
+    """Under ``flwr run`` (no ``run-dir``) two ServerApps started in the same second with the same
+    experiment, algorithm and seed compute the same ``<experiment>-<algorithm>-<time>-s<seed>``: each
+    claims its own directory (``-2`` for the second), and a directory holding another run is never reused."""
+    import server.server_app as server_app
+
+    monkeypatch.setattr(server_app, "default_run_dir", lambda out, exp, alg, seed: Path(out) / f"{exp}-{alg}-same-s{seed}")
+    cfg = fedmeta.cli.resolve(None, [f"output-dir='{tmp_path / 'out'}'"])[0]
+    first, second = server_app.open_writer(cfg), server_app.open_writer(cfg)
+    first.close(), second.close()
+    assert first.run_dir != second.run_dir and second.run_dir.name == first.run_dir.name + "-2"

@@ -18,6 +18,8 @@ for cfg_path in sorted(glob.glob(f"{ROOT}/*/config.json")):
     cfg = json.load(open(cfg_path))["config"]
     if cfg["task.family"] not in ("cartpole-physics", "mountaincar-incline"):
         continue  # Table I tasks only
+    if not os.path.exists(f"{d}/rounds.jsonl"):
+        continue  # started, no round yet
     rows = [json.loads(line) for line in open(f"{d}/rounds.jsonl")]
     ev = [r for r in rows if r.get("phase") == "evaluate"]
     if not ev or ev[-1]["round"] != cfg["num-server-rounds"]:
