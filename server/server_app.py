@@ -64,9 +64,8 @@ def open_writer(cfg: ExperimentConfig) -> RunWriter:
     checks this before it starts anything; this check covers deployments).  Without ``run-dir`` the
     time-stamped directory is created atomically, so two runs started in the same second (same
     experiment, algorithm and seed) write into ``<name>`` and ``<name>-2``, never into one."""
-    if not cfg.run_dir and not cfg.resume:
-        run_dir = claim_new_dir("output-dir", run_dir_for(cfg))
-        return _writer(cfg, run_dir)
+    if not cfg.run_dir:  # the time-stamped default (a resume always names its run-dir)
+        return _writer(cfg, claim_new_dir("output-dir", run_dir_for(cfg)))
     run_dir = run_dir_for(cfg)
     held = run_files(run_dir)
     if held and not cfg.resume:

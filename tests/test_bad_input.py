@@ -374,5 +374,6 @@ def test_the_server_app_never_shares_a_time_stamped_directory(tmp_path, monkeypa
     monkeypatch.setattr(server_app, "default_run_dir", lambda out, exp, alg, seed: Path(out) / f"{exp}-{alg}-same-s{seed}")
     cfg = fedmeta.cli.resolve(None, [f"output-dir='{tmp_path / 'out'}'"])[0]
     first, second = server_app.open_writer(cfg), server_app.open_writer(cfg)
-    first.close(), second.close()
+    first.close()
+    second.close()
     assert first.run_dir != second.run_dir and second.run_dir.name == first.run_dir.name + "-2"
