@@ -18,7 +18,7 @@ For each task variance (presets ``bomrl-frozenlake-high`` / ``-low``), distance 
 Writes ``<out>/results.json``, ``<out>/table.md`` and the plots ``<out>/returns-<variance>-<d>.png``,
 ``<out>/gap-vs-bound-<variance>.png``.
 
-    python simulations/bomrl_frozenlake.py --seeds 0 1 2 --rounds 300 --out results/bomrl-frozenlake
+    python -m simulations.bomrl_frozenlake --seeds 0 1 2 --rounds 300 --out results/bomrl-frozenlake
 
 ``--goal absorbing`` runs the same comparison with ``task.goal = "absorbing"`` (the goal pays +1 per
 step, see fedmeta/tasks/frozen_lake.py); ``--maml-inner-lr`` sets MAML's α; ``--tune-maml-lr A1 A2 ...``

@@ -245,3 +245,43 @@ def test_pyproject_license_is_an_spdx_expression():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"  # the table form is deprecated by setuptools >= 77
     assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+# ------------------------------------------------------------------ the README's commands
+README_SCRIPTS = re.compile(r"python (?:-m (simulations(?:\.\w+)+)|(simulations/[\w/.-]+\.py))")
+# What `python FILE` or `python -m MODULE` puts first on sys.path, then which of FILE's absolute imports resolve.
+UNRESOLVED = """
+import ast, importlib.util, json, sys
+path, first = sys.argv[1], sys.argv[2]
+sys.path[0] = first
+tree = ast.parse(open(path).read())
+names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
+print(json.dumps(sorted(name for name in names if importlib.util.find_spec(name) is None)))
+"""
+
+
+def readme_scripts() -> list[tuple[str, Path, Path]]:
+    """(command, file, sys.path[0]) of every ``python simulations/….py`` / ``python -m simulations.…`` in the README."""
+    found = {}
+    for module, script in README_SCRIPTS.findall((ROOT / "README.md").read_text()):
+        if module:
+            found[f"python -m {module}"] = (ROOT / (module.replace(".", "/") + ".py"), ROOT)  # -m: the cwd
+        else:
+            found[f"python {script}"] = (ROOT / script, (ROOT / script).parent)  # a path: the script's folder
+    return [(command, file, first) for command, (file, first) in sorted(found.items())]
+
+
+def test_the_readme_names_its_simulation_scripts():
+    commands = [command for command, _, _ in readme_scripts()]
+    assert "python -m simulations.pooled" in commands and "python -m simulations.bomrl_frozenlake" in commands
+
+
+@pytest.mark.parametrize("command, file, first", readme_scripts(), ids=[command for command, _, _ in readme_scripts()])
+def test_every_simulation_command_in_the_readme_finds_its_imports(command, file, first, tmp_path):
+    """Run from a clone as written, each script's imports resolve (``python simulations/x.py`` puts
+    ``simulations/`` first on sys.path, so ``from server … import`` needs ``python -m``)."""
+    assert file.is_file(), f"{command}: no {file.relative_to(ROOT)}"
+    out = subprocess.run([sys.executable, "-c", UNRESOLVED, str(file), str(first)], cwd=tmp_path,
+                         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": ""}).stdout
+    assert json.loads(out) == [], f"`{command}` cannot import {json.loads(out)}"
