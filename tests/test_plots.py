@@ -145,3 +145,27 @@ def test_fedmeta_plot_draws_an_interrupted_deployment_results_directory(grid_run
     assert "no summary.json: unfinished, up to round 1 of 2" in returns_title(run_dir, read_jsonl(run_dir / "clients.jsonl"))
     cfg = ExperimentConfig.from_flat(config["config"])
     assert _after_policy(run_dir, cfg, 0, {})[1] == "after: meta-policy w"
+
+
+# ------------------------------------------------------------------------------ collected meta-test curves
+def test_metatest_plots_use_the_last_round_every_seed_has_and_the_one_step_return(tmp_path, monkeypatch):
+    import fedmeta.plots as plots
+
+    drawn, real = {}, plots.plot_bands
+
+    def capture(series, out, **kw):
+        drawn[out.name] = series
+        return real(series, out, **kw)
+
+    monkeypatch.setattr(plots, "plot_bands", capture)
+    seeds = [{50: [-9.0, -5.0, -1.0], 100: [-4.0, 2.0, 6.0], 150: [0.0, 0.0, 0.0]},  # a round only one seed reached
+             {50: [-7.0, -3.0, 1.0], 100: [-2.0, 4.0, 8.0]}]
+    paths = plots.plot_metatest({"maml": seeds}, tmp_path, "cheetah", "test")
+    assert [p.name for p in paths] == ["adaptation-cheetah.png", "meta-iterations-cheetah.png"]
+    for path in paths:
+        assert_real_png(path)
+    x, point, low, high = drawn["adaptation-cheetah.png"]["maml (n=2)"]
+    assert list(x) == [0, 1, 2] and list(point) == [-3.0, 3.0, 7.0]  # round 100, not 150
+    assert np.all(low <= point) and np.all(point <= high) and np.all(low < high)
+    x, point, _, _ = drawn["meta-iterations-cheetah.png"]["maml (n=2)"]
+    assert list(x) == [50, 100] and list(point) == [-4.0, 3.0]  # after one step
