@@ -34,6 +34,7 @@ for summ in sorted(glob.glob(f"{ROOT}/**/summary.json", recursive=True)):
                  "final": tests[-1]["adapt-undiscounted-return"],
                  "initial-policy": init["adapt-undiscounted-return"],
                  "s-per-round": float(np.mean(seconds)),
+                 "mean-grad-norm": float(np.mean([r["grad-norm"] for r in train])),
                  "env-steps-per-s": float(np.sum([r["env-steps"] for r in train]) / np.sum(seconds)),
                  "wall-s": json.load(open(summ))["train-seconds"]})
 os.makedirs(OUT, exist_ok=True)
@@ -64,12 +65,12 @@ for alg, rs in groups.items():
 lines += ["", "The initial policy w⁰ (each seed's), k = 0.." + str(len(steps) - 1) + ": " + "; ".join(
     f"seed {r['seed']} " + " / ".join(f"{x:.1f}" for x in r["initial-policy"]) for r in groups[next(iter(groups))]), "",
           "Per seed (k = 0 / 1 / 2 / 3 at the last round):", "",
-          "| algorithm | seed | rounds | env steps | return after k steps | wall | s / meta-iteration | env steps / s |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| algorithm | seed | rounds | env steps | return after k steps | wall | s / meta-iteration | env steps / s | mean norm of the averaged upload |",
+          "|---|---|---|---|---|---|---|---|---|"]
 for r in runs:
     lines.append(f"| {r['algorithm']} | {r['seed']} | {r['rounds']} | {r['env-steps'] / 1e6:.1f} M | "
                  + " / ".join(f"{x:.1f}" for x in r["final"])
-                 + f" | {r['wall-s'] / 60:.1f} min | {r['s-per-round']:.2f} | {r['env-steps-per-s']:,.0f} |")
+                 + f" | {r['wall-s'] / 60:.1f} min | {r['s-per-round']:.2f} | {r['env-steps-per-s']:,.0f} | {r['mean-grad-norm']:,.0f} |")
 test_rounds = sorted(runs[0]["curve"])
 lines += ["", "Held-out return after one step by meta-iteration, mean ± std over seeds [95 % interval]:", "",
           "| algorithm | " + " | ".join(f"round {k}" for k in test_rounds) + " |", "|---|" + "---|" * len(test_rounds)]
