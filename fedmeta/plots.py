@@ -383,7 +383,6 @@ def plot_env_steps(groups: Mapping[str, Sequence[RunRecord]], out: Path, return_
                       title="held-out return after adaptation during training", markers=True)
 
 
-
 MetaTestCurve = Mapping[int, Sequence[float]]  # meta-test round -> held-out return after k = 0..K adaptation steps
 
 
@@ -396,13 +395,16 @@ def plot_metatest(groups: Mapping[str, Sequence[MetaTestCurve]], out_dir: Path, 
     for label, curves in groups.items():
         rounds = sorted(set.intersection(*(set(curve) for curve in curves)))
         last = [curve[rounds[-1]] for curve in curves]
-        tag = f"{label} (n={len(curves)})"
-        by_steps[tag] = (np.arange(min(map(len, last))), *_band(list(zip(*last))))
-        by_round[tag] = (np.array(rounds), *_band([[curve[r][1] for curve in curves] for r in rounds]))
+        by_steps[f"{label} (n={len(curves)}, round {rounds[-1]})"] = (np.arange(min(map(len, last))),
+                                                                      *_band(list(zip(*last))))
+        by_round[f"{label} (n={len(curves)})"] = (np.array(rounds), *_band([[curve[r][1] for curve in curves]
+                                                                          for r in rounds]))
     return [plot_bands(by_steps, out_dir / f"adaptation-{name}.png", xlabel="adaptation steps on the held-out task",
-                       ylabel=ylabel, title=f"{title}: round {rounds[-1]}, mean and 95% CI over seeds", integer_x=True),
+                       ylabel=ylabel, title=f"{title}: mean, 95% CI over seeds",
+                       integer_x=True),
             plot_bands(by_round, out_dir / f"meta-iterations-{name}.png", xlabel="meta-iteration (server round)",
-                       ylabel=f"{ylabel} after 1 step", title=f"{title}: mean and 95% CI over seeds", markers=True)]
+                       ylabel=f"{ylabel} after 1 step", title=f"{title}: mean, 95% CI over seeds", markers=True)]
+
 
 # -------------------------------------------------------------------- trajectories.png
 MAX_TRAJECTORY_TASKS = 6  # columns of trajectories.png (the first training tasks)

@@ -272,12 +272,15 @@ def readme_scripts() -> list[tuple[str, Path, Path]]:
     return [(command, file, first) for command, (file, first) in sorted(found.items())]
 
 
+README_COMMANDS = readme_scripts()
+
+
 def test_the_readme_names_its_simulation_scripts():
-    commands = [command for command, _, _ in readme_scripts()]
+    commands = [command for command, _, _ in README_COMMANDS]
     assert "python -m simulations.pooled" in commands and "python -m simulations.bomrl_frozenlake" in commands
 
 
-@pytest.mark.parametrize("command, file, first", readme_scripts(), ids=[command for command, _, _ in readme_scripts()])
+@pytest.mark.parametrize("command, file, first", README_COMMANDS, ids=[command for command, _, _ in README_COMMANDS])
 def test_every_simulation_command_in_the_readme_finds_its_imports(command, file, first, tmp_path):
     """Run from a clone as written, each script's imports resolve (``python simulations/x.py`` puts
     ``simulations/`` first on sys.path, so ``from server … import`` needs ``python -m``)."""

@@ -164,7 +164,7 @@ def test_metatest_plots_use_the_last_round_every_seed_has_and_the_one_step_retur
     assert [p.name for p in paths] == ["adaptation-cheetah.png", "meta-iterations-cheetah.png"]
     for path in paths:
         assert_real_png(path)
-    x, point, low, high = drawn["adaptation-cheetah.png"]["maml (n=2)"]
+    x, point, low, high = drawn["adaptation-cheetah.png"]["maml (n=2, round 100)"]
     assert list(x) == [0, 1, 2] and list(point) == [-3.0, 3.0, 7.0]  # round 100, not 150
     assert np.all(low <= point) and np.all(point <= high) and np.all(low < high)
     x, point, _, _ = drawn["meta-iterations-cheetah.png"]["maml (n=2)"]

@@ -8,14 +8,12 @@ meta-iteration (the server's `seconds` per train round) and environment steps pe
 seeds: mean ± std [95 % percentile bootstrap over seeds], and SG-MRL − MAML paired by seed.
 """
 import glob, json, os, sys
-import numpy as np
 from pathlib import Path
+import numpy as np
 from fedmeta.plots import plot_metatest
 from fedmeta.stats import bootstrap_ci
 
 ROOT, OUT = sys.argv[1], sys.argv[2]
-
-
 runs = []
 for summ in sorted(glob.glob(f"{ROOT}/**/summary.json", recursive=True)):
     d = os.path.dirname(summ)
