@@ -23,7 +23,9 @@ Writes ``<out>/results.json``, ``<out>/table.md`` and the plots ``<out>/returns-
 ``--goal absorbing`` runs the same comparison with ``task.goal = "absorbing"`` (the goal pays +1 per
 step, see fedmeta/tasks/frozen_lake.py); ``--maml-inner-lr`` sets MAML's α; ``--tune-maml-lr A1 A2 ...``
 only meta-trains MAML with each α on ``--seeds`` (use a seed you do not report) and writes
-``<out>/tune-maml.json`` with the exact optimality gap after one step.
+``<out>/tune-maml.json`` with the exact optimality gap after one step.  ``--curve R1 R2 ...`` only meta-trains
+BO-MRL and writes ``<out>/curve.json``: the gap after 0 and 1 adaptation at those rounds, optionally with
+``--train-set KEY=VALUE ...`` overrides for meta-training only (e.g. ``bomrl.q='exact'``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import argparse
 import json
 import tempfile
 import time
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +63,10 @@ def config(variance: str, seed: int, rounds: int, **overrides: object) -> Experi
     return ExperimentConfig.from_flat(flat)  # type: ignore[arg-type]
 
 
-def train_in_process(cfg: ExperimentConfig) -> Arrays:
+def train_in_process(cfg: ExperimentConfig, on_round: Callable[[int, Arrays], None] | None = None) -> Arrays:
     """The meta-policy after ``cfg.num_server_rounds`` rounds of the federated algorithm, in one process
-    (MetaFedAvg's sampling and server step, TaskWorker.train_round on each sampled task)."""
+    (MetaFedAvg's sampling and server step, TaskWorker.train_round on each sampled task); ``on_round(r, w)``
+    is called with the meta-policy after every round r."""
     train, _ = tasks_of(cfg)
     workers = {spec.task_id: TaskWorker(cfg, spec, torch.device("cpu")) for spec in train}
     with tempfile.TemporaryDirectory() as tmp, RunWriter(tmp) as writer:
@@ -71,6 +76,8 @@ def train_in_process(cfg: ExperimentConfig) -> Arrays:
             strategy._w = meta
             replies = [workers[t].train_round(meta, None, server_round) for t in strategy.sample_tasks(server_round)]
             meta = strategy.server_step([r[0] for r in replies], [r[2] for r in replies])
+            if on_round is not None:
+                on_round(server_round, meta)
     for worker in workers.values():
         worker.close()
     return meta
@@ -172,6 +179,42 @@ def tune_maml(variances: list[str], seeds: list[int], rounds: int, repeats: int,
             results["gap"][f"{variance}-{alpha}"] = gaps
             out.mkdir(parents=True, exist_ok=True)
             (out / "tune-maml.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def training_curve(variances: list[str], distances: list[str], seeds: list[int], rounds: list[int], repeats: int,
+                   train_overrides: dict[str, object], out: Path) -> dict:
+    """BO-MRL's exact gap after 0 and 1 adaptation at the given meta-training rounds (a diagnostic).
+
+    ``train_overrides`` apply to meta-training only (e.g. ``bomrl.q = "exact"``, more episodes per batch);
+    "mc" is the gap with the preset's Monte-Carlo Alg on D fresh episodes (the reported meta-test), and
+    "train-config" the gap with the adaptation of the training configuration (the same unless overridden).
+    Writes ``<out>/curve.json``."""
+    results: dict = {"rounds": rounds, "seeds": seeds, "repeats": repeats, "overrides": dict(EXTRA),
+                     "train-overrides": train_overrides, "gap": {}}
+    for variance in variances:
+        for distance in distances:
+            for seed in seeds:
+                base = {"bomrl.distance": distance, "bomrl.lam": LAMBDAS[variance][distance]}
+                cfg_eval = config(variance, seed, max(rounds), **base)
+                cfg_train = config(variance, seed, max(rounds), **base, **train_overrides)
+                j_star, rows = optimal_returns(cfg_eval), []
+
+                def record(server_round: int, meta: Arrays) -> None:
+                    if server_round not in rounds:
+                        return
+                    row = {"round": server_round}
+                    for name, cfg in (("mc", cfg_eval), ("train-config", cfg_train)):
+                        row[name] = (j_star[:, None] - adaptation_curve(cfg, meta, 1, repeats)).mean(0).tolist()
+                    rows.append(row)
+                    print(f"curve {variance} {distance} seed {seed} round {server_round}: gap after 0/1, Monte-Carlo Alg "
+                          f"{row['mc'][0]:.3f} / {row['mc'][1]:.3f}, training config's Alg {row['train-config'][1]:.3f}",
+                          flush=True)
+
+                train_in_process(cfg_train, record)
+                results["gap"][f"{variance}-{distance}-{seed}"] = rows
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "curve.json").write_text(json.dumps(results, indent=1))
     return results
 
 
@@ -288,6 +331,10 @@ def main() -> None:
     parser.add_argument("--maml-inner-lr", type=float, default=None, help="override maml.inner-lr (α)")
     parser.add_argument("--tune-maml-lr", type=float, nargs="+", default=None,
                         help="only tune MAML's α over these values on --seeds (writes tune-maml.json)")
+    parser.add_argument("--curve", type=int, nargs="+", default=None, metavar="ROUND",
+                        help="only meta-train BO-MRL and write curve.json: the gap after 0 / 1 adaptation at these rounds")
+    parser.add_argument("--train-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="with --curve: config overrides for meta-training only (TOML values, e.g. bomrl.q='exact')")
     parser.add_argument("--out", type=Path, default=Path("results/bomrl-frozenlake"))
     parser.add_argument("--report-only", action="store_true", help="rewrite table.md and plots from results.json")
     args = parser.parse_args()
@@ -304,6 +351,17 @@ def main() -> None:
     if args.maml_inner_lr is not None:
         EXTRA["maml.inner-lr"] = args.maml_inner_lr
     torch.set_num_threads(1)
+    if args.curve:
+        if bad := [kv for kv in args.train_set if "=" not in kv]:
+            parser.error(f"--train-set: {bad[0]!r} is not KEY=VALUE")
+        try:
+            train_set = {k.strip(): tomllib.loads(f"v = {v}")["v"] for k, v in (kv.split("=", 1) for kv in args.train_set)}
+            for variance in args.variances:
+                config(variance, 0, 1, **train_set)
+        except (ValueError, tomllib.TOMLDecodeError) as err:  # ConfigError is a ValueError
+            parser.error(f"--train-set: {err}")
+        training_curve(args.variances, args.distances, args.seeds, sorted(args.curve), args.repeats, train_set, args.out)
+        return
     if args.tune_maml_lr:
         tune_maml(args.variances, args.seeds, args.rounds, 1, args.tune_maml_lr, args.out)
         return

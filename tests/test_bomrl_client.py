@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +137,38 @@ def test_practical_form_uploads_the_eq8_hypergradient_of_a_gaussian_network():
     assert np.array_equal(_flat(upload), _flat(worker.train_round(meta, None, 1)[0]))
     policies, env_steps = worker.adapt(meta, 1, "adapt", 2)
     assert len(policies) == 3 and env_steps == 2 * 4 * 10
+
+
+def test_the_frozenlake_training_curve_evaluates_the_meta_policy_of_each_listed_round(tmp_path):
+    """simulations/bomrl_frozenlake.py --curve: the gap is taken at the listed rounds on the meta-policy of that
+    round (the last one is train_in_process's result), and --train-set overrides reach meta-training only: with
+    bomrl.q='exact' in training, the reported "mc" gap still adapts by Monte Carlo, unlike "train-config"."""
+    import simulations.bomrl_frozenlake as fl
+
+    seen: dict[int, dict] = {}
+    small = {"task.num-clients": 3, "fed.clients-per-round": 2}
+    final = fl.train_in_process(fl.config("low", 0, 3, **small), lambda r, w: seen.update({r: w}))
+    assert sorted(seen) == [1, 2, 3]
+    assert all(np.array_equal(seen[3][k], final[k]) for k in final)
+    assert not all(np.array_equal(seen[1][k], final[k]) for k in final)
+
+    fl.EXTRA.update(small)
+    try:
+        out = fl.training_curve(["low"], ["d2"], [0], [1, 3], 1, {"bomrl.q": "exact"}, tmp_path)
+    finally:
+        fl.EXTRA.clear()
+    rows = out["gap"]["low-d2-0"]
+    assert [r["round"] for r in rows] == [1, 3]
+    assert json.loads((tmp_path / "curve.json").read_text())["train-overrides"] == {"bomrl.q": "exact"}
+    for r in rows:
+        assert r["mc"][0] == pytest.approx(r["train-config"][0])  # no adaptation: the same meta-policy
+        assert r["mc"][1] != pytest.approx(r["train-config"][1])  # Monte-Carlo Alg vs exact-Q Alg
+
+
+def test_the_frozenlake_script_rejects_a_bad_training_override_with_exit_2():
+    for bad, words in (("bomrl.qq=1", "unknown key 'bomrl.qq'"), ("bomrl.q='td'", "choose from"),
+                       ("bomrl.q", "is not KEY=VALUE")):
+        proc = subprocess.run([sys.executable, "-m", "simulations.bomrl_frozenlake", "--curve", "1", "--train-set", bad],
+                              capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert words in proc.stderr and "Traceback" not in proc.stderr

@@ -1,6 +1,7 @@
 """Writes results.json and table.md (in OUT) from pMeta-RL Table I runs under ROOT:
 
     python collect.py ROOT OUT
+    python collect.py OUT/results.json OUT     # re-render table.md from an earlier results.json
 
 ROOT holds `fedmeta run` run directories (pmeta, fedavg, independent) and `simulations.pooled` records
 (pooled-*.json).  Per run: the undiscounted return of the greedy policy averaged over the 5 Table I tasks,
@@ -12,8 +13,9 @@ import numpy as np
 from fedmeta.stats import bootstrap_ci
 
 ROOT, OUT = sys.argv[1], sys.argv[2]
-runs = []
-for cfg_path in sorted(glob.glob(f"{ROOT}/*/config.json")):
+FROM_JSON = ROOT.endswith(".json")
+runs = json.load(open(ROOT))["runs"] if FROM_JSON else []
+for cfg_path in [] if FROM_JSON else sorted(glob.glob(f"{ROOT}/*/config.json")):
     d = os.path.dirname(cfg_path)
     cfg = json.load(open(cfg_path))["config"]
     if cfg["task.family"] not in ("cartpole-physics", "mountaincar-incline"):
@@ -40,7 +42,7 @@ for cfg_path in sorted(glob.glob(f"{ROOT}/*/config.json")):
             run[name] = {"final": curve[-1], "best": max(curve), "best-round": ev[int(np.argmax(curve))]["round"],
                          "curve": curve, "final-per-task": {c["task-id"]: c[key] for c in sorted(last, key=lambda c: c["task-id"])}}
     runs.append(run)
-for path in sorted(glob.glob(f"{ROOT}/pooled-*.json")):
+for path in [] if FROM_JSON else sorted(glob.glob(f"{ROOT}/pooled-*.json")):
     rec = json.load(open(path))
     ev = [r for r in rec["rounds"] if "undiscounted-return" in r]
     curve = [r["undiscounted-return"] for r in ev]
@@ -79,8 +81,9 @@ lines += ["", "Per seed (final / best, best round; final per task):", "",
 for r in sorted(runs, key=lambda r: (r["experiment"], r["algorithm"], r["seed"])):
     fmt = lambda x: (f"{x['final']:.1f} / {x['best']:.1f} (r {x['best-round']}; " +
                      " ".join(f"{v:.0f}" for v in x["final-per-task"].values()) + ")") if x else "–"
+    seconds = f"{r['mean-train-round-s']:.1f}" if "mean-train-round-s" in r else "–"
     lines.append(f"| {r['experiment']} | {r['algorithm']} | {r['seed']} | {fmt(r.get('PP'))} | {fmt(r.get('MP'))} | "
-                 f"{r['env-steps']:.0f} | {r['mean-train-round-s']:.1f} |" if "mean-train-round-s" in r else f"{r['env-steps']:.0f} | – |")
+                 f"{r['env-steps']:.0f} | {seconds} |")
 lines += ["", "Paired by seed: pMeta-RL PP minus model averaging (fedavg MP), same experiment and seed:", "",
           "| experiment | pmeta run | seeds | final: differences, mean [95 % CI] | best: differences, mean [95 % CI] |",
           "|---|---|---|---|---|"]
