@@ -25,7 +25,8 @@ step, see fedmeta/tasks/frozen_lake.py); ``--maml-inner-lr`` sets MAML's α; ``-
 only meta-trains MAML with each α on ``--seeds`` (use a seed you do not report) and writes
 ``<out>/tune-maml.json`` with the exact optimality gap after one step.  ``--curve R1 R2 ...`` only meta-trains
 BO-MRL and writes ``<out>/curve.json``: the gap after 0 and 1 adaptation at those rounds, optionally with
-``--train-set KEY=VALUE ...`` overrides for meta-training only (e.g. ``bomrl.q='exact'``).
+``--train-set KEY=VALUE ...`` overrides for meta-training only (e.g. ``bomrl.q='exact'``).  ``--set KEY=VALUE ...``
+overrides the presets for every run of any mode (e.g. ``fed.server-lr=0.02``).
 """
 
 from __future__ import annotations
@@ -318,6 +319,19 @@ def plots(results: dict, out: Path) -> None:
         plt.close(fig)
 
 
+def overrides(parser: argparse.ArgumentParser, option: str, pairs: list[str], variances: list[str]) -> dict[str, object]:
+    """KEY=VALUE pairs (TOML values) checked against both presets' configs; a bad one exits 2 with one line."""
+    if bad := [kv for kv in pairs if "=" not in kv]:
+        parser.error(f"{option}: {bad[0]!r} is not KEY=VALUE")
+    try:
+        out = {k.strip(): tomllib.loads(f"v = {v}")["v"] for k, v in (kv.split("=", 1) for kv in pairs)}
+        for variance in variances:
+            config(variance, 0, 1, **out)
+    except (ValueError, tomllib.TOMLDecodeError) as err:  # ConfigError is a ValueError
+        parser.error(f"{option}: {err}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variances", nargs="+", default=["high", "low"])
@@ -333,6 +347,8 @@ def main() -> None:
                         help="only tune MAML's α over these values on --seeds (writes tune-maml.json)")
     parser.add_argument("--curve", type=int, nargs="+", default=None, metavar="ROUND",
                         help="only meta-train BO-MRL and write curve.json: the gap after 0 / 1 adaptation at these rounds")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run (TOML values, e.g. fed.server-lr=0.02)")
     parser.add_argument("--train-set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="with --curve: config overrides for meta-training only (TOML values, e.g. bomrl.q='exact')")
     parser.add_argument("--out", type=Path, default=Path("results/bomrl-frozenlake"))
@@ -351,16 +367,11 @@ def main() -> None:
     if args.maml_inner_lr is not None:
         EXTRA["maml.inner-lr"] = args.maml_inner_lr
     torch.set_num_threads(1)
+    for option in ("set", "train_set"):
+        setattr(args, option, overrides(parser, f"--{option.replace('_', '-')}", getattr(args, option), args.variances))
+    EXTRA.update(args.set)
     if args.curve:
-        if bad := [kv for kv in args.train_set if "=" not in kv]:
-            parser.error(f"--train-set: {bad[0]!r} is not KEY=VALUE")
-        try:
-            train_set = {k.strip(): tomllib.loads(f"v = {v}")["v"] for k, v in (kv.split("=", 1) for kv in args.train_set)}
-            for variance in args.variances:
-                config(variance, 0, 1, **train_set)
-        except (ValueError, tomllib.TOMLDecodeError) as err:  # ConfigError is a ValueError
-            parser.error(f"--train-set: {err}")
-        training_curve(args.variances, args.distances, args.seeds, sorted(args.curve), args.repeats, train_set, args.out)
+        training_curve(args.variances, args.distances, args.seeds, sorted(args.curve), args.repeats, args.train_set, args.out)
         return
     if args.tune_maml_lr:
         tune_maml(args.variances, args.seeds, args.rounds, 1, args.tune_maml_lr, args.out)

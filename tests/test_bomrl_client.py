@@ -165,10 +165,11 @@ def test_the_frozenlake_training_curve_evaluates_the_meta_policy_of_each_listed_
         assert r["mc"][1] != pytest.approx(r["train-config"][1])  # Monte-Carlo Alg vs exact-Q Alg
 
 
-def test_the_frozenlake_script_rejects_a_bad_training_override_with_exit_2():
+@pytest.mark.parametrize("option", ["--train-set", "--set"])
+def test_the_frozenlake_script_rejects_a_bad_override_with_exit_2(option):
     for bad, words in (("bomrl.qq=1", "unknown key 'bomrl.qq'"), ("bomrl.q='td'", "choose from"),
                        ("bomrl.q", "is not KEY=VALUE")):
-        proc = subprocess.run([sys.executable, "-m", "simulations.bomrl_frozenlake", "--curve", "1", "--train-set", bad],
+        proc = subprocess.run([sys.executable, "-m", "simulations.bomrl_frozenlake", "--curve", "1", option, bad],
                               capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
         assert proc.returncode == 2, proc.stderr[-2000:]
-        assert words in proc.stderr and "Traceback" not in proc.stderr
+        assert f"{option}: " in proc.stderr and words in proc.stderr and "Traceback" not in proc.stderr
