@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -205,8 +207,9 @@ def training_curve(variances: list[str], distances: list[str], seeds: list[int],
                     if server_round not in rounds:
                         return
                     row = {"round": server_round}
-                    for name, cfg in (("mc", cfg_eval), ("train-config", cfg_train)):
-                        row[name] = (j_star[:, None] - adaptation_curve(cfg, meta, 1, repeats)).mean(0).tolist()
+                    row["mc"] = (j_star[:, None] - adaptation_curve(cfg_eval, meta, 1, repeats)).mean(0).tolist()
+                    row["train-config"] = row["mc"] if not train_overrides else (
+                        j_star[:, None] - adaptation_curve(cfg_train, meta, 1, repeats)).mean(0).tolist()
                     rows.append(row)
                     print(f"curve {variance} {distance} seed {seed} round {server_round}: gap after 0/1, Monte-Carlo Alg "
                           f"{row['mc'][0]:.3f} / {row['mc'][1]:.3f}, training config's Alg {row['train-config'][1]:.3f}",
@@ -319,16 +322,20 @@ def plots(results: dict, out: Path) -> None:
         plt.close(fig)
 
 
-def overrides(parser: argparse.ArgumentParser, option: str, pairs: list[str], variances: list[str]) -> dict[str, object]:
+def overrides(option: str, pairs: list[str], variances: list[str]) -> dict[str, object]:
     """KEY=VALUE pairs (TOML values) checked against both presets' configs; a bad one exits 2 with one line."""
+    def fail(message: str) -> NoReturn:
+        print(f"bomrl_frozenlake: error: {option}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
     if bad := [kv for kv in pairs if "=" not in kv]:
-        parser.error(f"{option}: {bad[0]!r} is not KEY=VALUE")
+        fail(f"{bad[0]!r} is not KEY=VALUE")
     try:
         out = {k.strip(): tomllib.loads(f"v = {v}")["v"] for k, v in (kv.split("=", 1) for kv in pairs)}
         for variance in variances:
             config(variance, 0, 1, **out)
     except (ValueError, tomllib.TOMLDecodeError) as err:  # ConfigError is a ValueError
-        parser.error(f"{option}: {err}")
+        fail(" ".join(str(err).split()))
     return out
 
 
@@ -366,10 +373,10 @@ def main() -> None:
         EXTRA["task.goal"] = args.goal
     if args.maml_inner_lr is not None:
         EXTRA["maml.inner-lr"] = args.maml_inner_lr
-    torch.set_num_threads(1)
     for option in ("set", "train_set"):
-        setattr(args, option, overrides(parser, f"--{option.replace('_', '-')}", getattr(args, option), args.variances))
+        setattr(args, option, overrides(f"--{option.replace('_', '-')}", getattr(args, option), args.variances))
     EXTRA.update(args.set)
+    torch.set_num_threads(1)
     if args.curve:
         training_curve(args.variances, args.distances, args.seeds, sorted(args.curve), args.repeats, args.train_set, args.out)
         return

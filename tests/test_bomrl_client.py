@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,10 +165,17 @@ def test_the_frozenlake_training_curve_evaluates_the_meta_policy_of_each_listed_
 
 
 @pytest.mark.parametrize("option", ["--train-set", "--set"])
-def test_the_frozenlake_script_rejects_a_bad_override_with_exit_2(option):
+def test_the_frozenlake_script_rejects_a_bad_override_with_exit_2(option, monkeypatch, capsys):
+    """The script's own main(), in process: one line on stderr and exit 2, before any training starts."""
+    import simulations.bomrl_frozenlake as fl
+
     for bad, words in (("bomrl.qq=1", "unknown key 'bomrl.qq'"), ("bomrl.q='td'", "choose from"),
                        ("bomrl.q", "is not KEY=VALUE")):
-        proc = subprocess.run([sys.executable, "-m", "simulations.bomrl_frozenlake", "--curve", "1", option, bad],
-                              capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert f"{option}: " in proc.stderr and words in proc.stderr and "Traceback" not in proc.stderr
+        monkeypatch.setattr(sys, "argv", ["bomrl_frozenlake.py", "--curve", "1", option, bad])
+        with pytest.raises(SystemExit) as exit_info:
+            fl.main()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, err[-2000:]
+        assert f"{option}: " in err and words in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
+        assert fl.EXTRA == {}  # nothing applied
