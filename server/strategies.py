@@ -79,7 +79,8 @@ class MetaFedAvg(FedAvg):
         self._rng = np.random.default_rng(stream_seed(cfg.seed, "client-sampling"))
         self._w: dict[str, np.ndarray] = {}
         self._round_start = time.monotonic()
-        self.cum_env_steps = 0
+        self.cum_env_steps = 0  # env steps behind the updates that entered the meta-policy
+        self.cum_rejected_env_steps = 0  # ... and behind well-formed updates the guards rejected (spent, unused)
         self.last_evaluation: list[dict[str, float | int]] = []
         self.last_meta_test: list[dict[str, float | int]] = []
         self.meta_test_init: list[dict[str, float | int]] = []
@@ -184,7 +185,10 @@ class MetaFedAvg(FedAvg):
         accepted.sort(key=lambda item: item[0])  # fixed order → bit-identical float sums
         new_w = self.server_step([a for _, a, _ in accepted], [m for _, _, m in accepted])
         env_steps = int(sum(int(m[WEIGHT_KEY]) for _, _, m in accepted))
+        kept = {t for t, _, _ in accepted}
+        rejected_steps = int(sum(int(m[WEIGHT_KEY]) for t, _, m in candidates if t not in kept))
         self.cum_env_steps += env_steps
+        self.cum_rejected_env_steps += rejected_steps
         rows = [{"round": server_round, "phase": "train", **m} for _, _, m in accepted]
         self.writer.append("clients", rows)
         means = _mean_metrics([m for _, _, m in accepted], exclude={"task-id", "clipped", "center-distance-ratio"})
@@ -192,7 +196,8 @@ class MetaFedAvg(FedAvg):
             "round": server_round, "phase": "train", "tasks": [t for t, _, _ in accepted], "rejected": len(rejected),
             "clipped": sum(int(m.get("clipped", 0)) for _, _, m in accepted), "quarantined": sorted(t for t, _ in newly),
             "seconds": round(time.monotonic() - self._round_start, 4), "env-steps": env_steps,
-            "cum-env-steps": self.cum_env_steps, **means,
+            "cum-env-steps": self.cum_env_steps, "rejected-env-steps": rejected_steps,
+            "cum-rejected-env-steps": self.cum_rejected_env_steps, **means,
         }])
         self.writer.save_meta_policy(new_w, server_round, durable=False)  # the checkpoint holds w durably
         self.progress.train(server_round, [t for t, _, _ in accepted], means, len(rejected))
@@ -398,7 +403,7 @@ class MetaFedAvg(FedAvg):
             "sampling-rng": self._rng.bit_generator.state, "norm-guard": self.guard.state_dict(),
             "quarantine": self.quarantine.state_dict(),
             "short-of": sorted(self._short_of), "cum-env-steps": self.cum_env_steps,
-            "last-evaluation": self.last_evaluation, "last-meta-test": self.last_meta_test,
+            "cum-rejected-env-steps": self.cum_rejected_env_steps, "last-evaluation": self.last_evaluation, "last-meta-test": self.last_meta_test,
             "meta-test-init": self.meta_test_init,
         }
 
@@ -411,6 +416,7 @@ class MetaFedAvg(FedAvg):
         self.quarantine.load_state_dict(state["quarantine"])
         self._short_of = {int(t) for t in state["short-of"]}
         self.cum_env_steps = int(state["cum-env-steps"])
+        self.cum_rejected_env_steps = int(state.get("cum-rejected-env-steps", 0))  # absent in older checkpoints
         self.last_evaluation = list(state["last-evaluation"])
         self.last_meta_test = list(state["last-meta-test"])
         self.meta_test_init = list(state["meta-test-init"])

@@ -26,7 +26,8 @@ only meta-trains MAML with each α on ``--seeds`` (use a seed you do not report)
 ``<out>/tune-maml.json`` with the exact optimality gap after one step.  ``--curve R1 R2 ...`` only meta-trains
 BO-MRL and writes ``<out>/curve.json``: the gap after 0 and 1 adaptation at those rounds, optionally with
 ``--train-set KEY=VALUE ...`` overrides for meta-training only (e.g. ``bomrl.q='exact'``).  ``--set KEY=VALUE ...``
-overrides the presets for every run of any mode (e.g. ``fed.server-lr=0.02``).
+overrides the presets for every run of any mode (e.g. ``fed.server-lr=0.02``); ``bomrl.lam`` there replaces
+Appendix A's λ for every distance run (the results record the λ used); the distance is chosen with ``--distances``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from fedmeta.algorithms.bomrl import exact
 from fedmeta.algorithms.client import load_params
 from fedmeta.cli import load_preset
 from fedmeta.config import ExperimentConfig
-from fedmeta.results import RunWriter
+from fedmeta.results import RunWriter, atomic_write_bytes, atomic_write_json, git_state, package_versions
 from fedmeta.worker import Arrays, TaskWorker, initial_meta_policy, tasks_of, to_torch
 from server.discovery import Federation
 from server.strategies import MetaFedAvg
@@ -64,6 +65,22 @@ def config(variance: str, seed: int, rounds: int, **overrides: object) -> Experi
     flat = {**load_preset(f"bomrl-frozenlake-{variance}"), "seed": seed, "num-server-rounds": rounds, **EXTRA,
             **overrides}
     return ExperimentConfig.from_flat(flat)  # type: ignore[arg-type]
+
+
+def within_task(variance: str, distance: str) -> dict[str, object]:
+    """The distance and λ of one cell: Appendix A's λ unless ``--set bomrl.lam=...`` overrides it."""
+    return {"bomrl.distance": distance, "bomrl.lam": EXTRA.get("bomrl.lam", LAMBDAS[variance][distance])}
+
+
+def save(path: Path, results: dict, variances: list[str]) -> None:
+    """Write a result file atomically, with the presets' configs as run (command-line overrides applied; the
+    seeds and rounds are the file's own keys, each cell's distance and λ are in the cell) and the package
+    versions and git state behind it."""
+    configs = {v: {k: x for k, x in config(v, 0, 1).to_flat().items() if k not in ("seed", "num-server-rounds")}
+               for v in variances}
+    results.update({"configs": configs, "versions": package_versions(),
+                    "git": git_state()})
+    atomic_write_json(path, results)
 
 
 def train_in_process(cfg: ExperimentConfig, on_round: Callable[[int, Arrays], None] | None = None) -> Arrays:
@@ -181,7 +198,7 @@ def tune_maml(variances: list[str], seeds: list[int], rounds: int, repeats: int,
                       f"{gaps[-1][0]:.3f} / {gaps[-1][1]:.3f}", flush=True)
             results["gap"][f"{variance}-{alpha}"] = gaps
             out.mkdir(parents=True, exist_ok=True)
-            (out / "tune-maml.json").write_text(json.dumps(results, indent=1))
+            save(out / "tune-maml.json", results, variances)
     return results
 
 
@@ -198,9 +215,9 @@ def training_curve(variances: list[str], distances: list[str], seeds: list[int],
     for variance in variances:
         for distance in distances:
             for seed in seeds:
-                base = {"bomrl.distance": distance, "bomrl.lam": LAMBDAS[variance][distance]}
+                base = within_task(variance, distance)
                 cfg_eval = config(variance, seed, max(rounds), **base)
-                cfg_train = config(variance, seed, max(rounds), **base, **train_overrides)
+                cfg_train = config(variance, seed, max(rounds), **{**base, **train_overrides})
                 j_star, rows = optimal_returns(cfg_eval), []
 
                 def record(server_round: int, meta: Arrays) -> None:
@@ -218,7 +235,7 @@ def training_curve(variances: list[str], distances: list[str], seeds: list[int],
                 train_in_process(cfg_train, record)
                 results["gap"][f"{variance}-{distance}-{seed}"] = rows
                 out.mkdir(parents=True, exist_ok=True)
-                (out / "curve.json").write_text(json.dumps(results, indent=1))
+                save(out / "curve.json", results, variances)
     return results
 
 
@@ -235,7 +252,7 @@ def run(variances: list[str], distances: list[str], seeds: list[int], rounds: in
             maml_curves[seed] = adaptation_curve(cfg_m, train_in_process(cfg_m), steps, repeats)
             print(f"{variance} maml seed {seed}: {time.time() - t0:.0f}s", flush=True)
         for distance in distances:
-            lam = LAMBDAS[variance][distance]
+            lam = within_task(variance, distance)["bomrl.lam"]
             cell: dict = {"lam": lam, "optimal": float(j_star.mean()), "bomrl": {}, "maml": {}, "random": {}}
             for seed in seeds:
                 t0 = time.time()
@@ -252,7 +269,7 @@ def run(variances: list[str], distances: list[str], seeds: list[int], rounds: in
                                                                  "bomrl.lam": lam}), distance)
             results["cells"][f"{variance}-{distance}"] = cell
             out.mkdir(parents=True, exist_ok=True)
-            (out / "results.json").write_text(json.dumps(results, indent=1))
+            save(out / "results.json", results, variances)
     return results
 
 
@@ -330,6 +347,8 @@ def overrides(option: str, pairs: list[str], variances: list[str]) -> dict[str, 
 
     if bad := [kv for kv in pairs if "=" not in kv]:
         fail(f"{bad[0]!r} is not KEY=VALUE")
+    if any(kv.split("=", 1)[0].strip() == "bomrl.distance" for kv in pairs):
+        fail("bomrl.distance is chosen with --distances")
     try:
         out = {k.strip(): tomllib.loads(f"v = {v}")["v"] for k, v in (kv.split("=", 1) for kv in pairs)}
         for variance in variances:
@@ -355,7 +374,8 @@ def main() -> None:
     parser.add_argument("--curve", type=int, nargs="+", default=None, metavar="ROUND",
                         help="only meta-train BO-MRL and write curve.json: the gap after 0 / 1 adaptation at these rounds")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config overrides for every run (TOML values, e.g. fed.server-lr=0.02)")
+                        help="config overrides for every run (TOML values, e.g. fed.server-lr=0.02; "
+                             "bomrl.lam replaces Appendix A's λ for every distance run)")
     parser.add_argument("--train-set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="with --curve: config overrides for meta-training only (TOML values, e.g. bomrl.q='exact')")
     parser.add_argument("--out", type=Path, default=Path("results/bomrl-frozenlake"))
@@ -363,7 +383,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.report_only:
         results = json.loads((args.out / "results.json").read_text())
-        (args.out / "table.md").write_text(table(results))
+        atomic_write_bytes(args.out / "table.md", table(results).encode())
         plots(results, args.out)
         print(table(results))
         return
@@ -384,7 +404,7 @@ def main() -> None:
         tune_maml(args.variances, args.seeds, args.rounds, 1, args.tune_maml_lr, args.out)
         return
     results = run(args.variances, args.distances, args.seeds, args.rounds, args.steps, args.repeats, args.out)
-    (args.out / "table.md").write_text(table(results))
+    atomic_write_bytes(args.out / "table.md", table(results).encode())
     plots(results, args.out)
     print(table(results))
 

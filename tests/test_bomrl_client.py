@@ -164,13 +164,30 @@ def test_the_frozenlake_training_curve_evaluates_the_meta_policy_of_each_listed_
         assert r["mc"][1] != pytest.approx(r["train-config"][1])  # Monte-Carlo Alg vs exact-Q Alg
 
 
+def test_a_lambda_override_reaches_every_distance_and_training_only_overrides_merge(tmp_path):
+    """--set bomrl.lam=... replaces Appendix A's λ in every cell (it was silently dropped once), and a
+    --train-set bomrl.lam is merged over the cell's λ for meta-training instead of colliding with it."""
+    import simulations.bomrl_frozenlake as fl
+
+    assert fl.within_task("low", "d3")["bomrl.lam"] == fl.LAMBDAS["low"]["d3"]
+    small = {"task.num-clients": 3, "fed.clients-per-round": 2}
+    fl.EXTRA.update({**small, "bomrl.lam": 0.7})
+    try:
+        for distance in ("d1", "d3"):
+            assert fl.config("low", 0, 1, **fl.within_task("low", distance)).bomrl.lam == 0.7
+        out = fl.training_curve(["low"], ["d1"], [0], [1], 1, {"bomrl.lam": 0.3}, tmp_path)
+    finally:
+        fl.EXTRA.clear()
+    assert out["overrides"]["bomrl.lam"] == 0.7 and out["train-overrides"] == {"bomrl.lam": 0.3}
+
+
 @pytest.mark.parametrize("option", ["--train-set", "--set"])
 def test_the_frozenlake_script_rejects_a_bad_override_with_exit_2(option, monkeypatch, capsys):
     """The script's own main(), in process: one line on stderr and exit 2, before any training starts."""
     import simulations.bomrl_frozenlake as fl
 
     for bad, words in (("bomrl.qq=1", "unknown key 'bomrl.qq'"), ("bomrl.q='td'", "choose from"),
-                       ("bomrl.q", "is not KEY=VALUE")):
+                       ("bomrl.q", "is not KEY=VALUE"), ("bomrl.distance='d3'", "--distances")):
         monkeypatch.setattr(sys, "argv", ["bomrl_frozenlake.py", "--curve", "1", option, bad])
         with pytest.raises(SystemExit) as exit_info:
             fl.main()

@@ -74,12 +74,14 @@ def test_the_strategy_state_restores_optimizer_rng_guard_and_quarantine(tmp_path
         first.guard.record([1.0 + r])
     first.quarantine.update(2, [1], [0])
     first.cum_env_steps, first.meta_test_init = 123, [{"task-id": 3, "adapt-0-return": -1.5}]
+    first.cum_rejected_env_steps = 45
     state = ckpt.unpack(ckpt.pack(first.state_dict(w)))
 
     second = _strategy(tmp_path, "b", overrides)
     w2 = second.load_state_dict(state, 2)
     assert second.first_round == 3 and w2["x"].tobytes() == w["x"].tobytes()
     assert second.cum_env_steps == 123 and second.meta_test_init == first.meta_test_init
+    assert second.cum_rejected_env_steps == 45
     assert second.quarantine.blocked(3) == first.quarantine.blocked(3) == {1}
     assert second.quarantine.times == first.quarantine.times == {1: 1} and second.quarantine.on_probation(1)
     assert list(second.guard.history) == list(first.guard.history)

@@ -96,6 +96,14 @@ def test_one_faulty_client_of_three_never_stops_the_run(kind, runs):
         return
     rounds = [1] if kind in QUARANTINED else [1, 2]
     assert [(r["round"], r["task-id"]) for r in rejections] == [(n, 0) for n in rounds]
+    # a well-formed update the guards turned away still spent env steps: counted apart from the budget used
+    train = [r for r in read_jsonl(run.run_dir / "rounds.jsonl") if r["phase"] == "train"]
+    spent = [r["rejected-env-steps"] for r in train]
+    if expected == "reject-factor":
+        assert all(s > 0 for s in spent), train
+    else:  # unreadable, failed or missing: nothing to count
+        assert spent == [0] * len(train), train
+    assert train[-1]["cum-rejected-env-steps"] == sum(spent)
     assert all(expected in r["reason"] and "\n" not in r["reason"] and "\x1b" not in r["reason"]
                for r in rejections), rejections
     if kind in QUARANTINED:
