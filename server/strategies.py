@@ -403,7 +403,8 @@ class MetaFedAvg(FedAvg):
             "sampling-rng": self._rng.bit_generator.state, "norm-guard": self.guard.state_dict(),
             "quarantine": self.quarantine.state_dict(),
             "short-of": sorted(self._short_of), "cum-env-steps": self.cum_env_steps,
-            "cum-rejected-env-steps": self.cum_rejected_env_steps, "last-evaluation": self.last_evaluation, "last-meta-test": self.last_meta_test,
+            "cum-rejected-env-steps": self.cum_rejected_env_steps,
+            "last-evaluation": self.last_evaluation, "last-meta-test": self.last_meta_test,
             "meta-test-init": self.meta_test_init,
         }
 

@@ -78,8 +78,7 @@ def save(path: Path, results: dict, variances: list[str]) -> None:
     versions and git state behind it."""
     configs = {v: {k: x for k, x in config(v, 0, 1).to_flat().items() if k not in ("seed", "num-server-rounds")}
                for v in variances}
-    results.update({"configs": configs, "versions": package_versions(),
-                    "git": git_state()})
+    results.update({"configs": configs, "versions": package_versions(), "git": git_state()})
     atomic_write_json(path, results)
 
 
@@ -252,11 +251,12 @@ def run(variances: list[str], distances: list[str], seeds: list[int], rounds: in
             maml_curves[seed] = adaptation_curve(cfg_m, train_in_process(cfg_m), steps, repeats)
             print(f"{variance} maml seed {seed}: {time.time() - t0:.0f}s", flush=True)
         for distance in distances:
-            lam = within_task(variance, distance)["bomrl.lam"]
+            cell_keys = within_task(variance, distance)
+            lam = cell_keys["bomrl.lam"]
             cell: dict = {"lam": lam, "optimal": float(j_star.mean()), "bomrl": {}, "maml": {}, "random": {}}
             for seed in seeds:
                 t0 = time.time()
-                cfg_b = config(variance, seed, rounds, **{"bomrl.distance": distance, "bomrl.lam": lam})
+                cfg_b = config(variance, seed, rounds, **cell_keys)
                 meta = train_in_process(cfg_b)
                 curves = {"bomrl": adaptation_curve(cfg_b, meta, steps, repeats),
                           "random": adaptation_curve(cfg_b, initial_meta_policy(cfg_b), steps, repeats),
@@ -265,8 +265,7 @@ def run(variances: list[str], distances: list[str], seeds: list[int], rounds: in
                     cell[name][seed] = {"return": c.mean(0).tolist(), "gap": (j_star[:, None] - c).mean(0).tolist()}
                 print(f"{variance} {distance} seed {seed}: {time.time() - t0:.0f}s, gap after 1: "
                       + ", ".join(f"{k} {cell[k][seed]['gap'][1]:.3f}" for k in curves), flush=True)
-            cell["bound"] = upper_bound(base.__class__.from_flat({**base.to_flat(), "bomrl.distance": distance,
-                                                                 "bomrl.lam": lam}), distance)
+            cell["bound"] = upper_bound(base.__class__.from_flat({**base.to_flat(), **cell_keys}), distance)
             results["cells"][f"{variance}-{distance}"] = cell
             out.mkdir(parents=True, exist_ok=True)
             save(out / "results.json", results, variances)
